@@ -1,0 +1,76 @@
+//! The event-type catalog: list it, register a type of the host's own.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::catalog;
+use crate::model::EventType;
+use crate::store::StoreError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTypeIn {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+pub async fn list_event_types(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let types = state.store.list_event_types().await?;
+    Ok(Json(
+        serde_json::json!({ "data": types, "next_cursor": null }),
+    ))
+}
+
+pub async fn create_event_type(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<EventTypeIn>,
+) -> Result<(StatusCode, Json<EventType>), ApiError> {
+    let (trigger, action) = catalog::split_name(&input.name)
+        .map_err(|e| ApiError::unprocessable("invalid_event_type", e))?;
+    let event_type = EventType {
+        name: input.name.clone(),
+        trigger: trigger.to_string(),
+        action: action.to_string(),
+        description: input.description.trim().chars().take(500).collect(),
+        builtin: false,
+    };
+    match state.store.add_event_type(&event_type).await {
+        Ok(()) => Ok((StatusCode::CREATED, Json(event_type))),
+        Err(StoreError::AlreadyExists) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("event type '{}' is already in the catalog", input.name),
+        )),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Refuses event-type names that are not in the catalog, naming close matches.
+pub async fn check_known(state: &AppState, names: &[String]) -> Result<(), ApiError> {
+    let known = state.store.list_event_types().await?;
+    for name in names {
+        if !known.iter().any(|t| &t.name == name) {
+            return Err(unknown_event_type(name, &known));
+        }
+    }
+    Ok(())
+}
+
+pub fn unknown_event_type(name: &str, known: &[EventType]) -> ApiError {
+    let matches = catalog::close_matches(name, known.iter().map(|t| t.name.as_str()));
+    let hint = if matches.is_empty() {
+        "see GET /api/v1/event-types for the catalog".to_string()
+    } else {
+        format!("close matches: {}", matches.join(", "))
+    };
+    ApiError::unprocessable(
+        "unknown_event_type",
+        format!("unknown event type '{name}'; {hint}"),
+    )
+}

@@ -1,0 +1,177 @@
+//! The HTTP API under `/api/v1`, plus `/healthz`.
+//!
+//! Handlers follow one shape: parse and validate the request, call the store or the
+//! engine, turn the result into an `…Out` type. Every `/api/v1` route requires a bearer
+//! token. Handlers never attempt a delivery themselves: they commit, then wake the
+//! engine (the test webhook and the URL check go through the engine's guarded client).
+
+mod deliveries;
+mod endpoints;
+mod error;
+mod event_types;
+mod events;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::clock::SharedClock;
+use crate::engine::Engine;
+use crate::payload::hex_sha256;
+use crate::settings::Settings;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
+    pub clock: SharedClock,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/events", post(events::create_event))
+        .route(
+            "/endpoints",
+            get(endpoints::list_endpoints).post(endpoints::create_endpoint),
+        )
+        .route(
+            "/endpoints/{id}",
+            get(endpoints::get_endpoint)
+                .patch(endpoints::update_endpoint)
+                .delete(endpoints::delete_endpoint),
+        )
+        .route("/endpoints/{id}/test", post(endpoints::test_endpoint))
+        .route("/endpoints/{id}/secret", get(endpoints::get_secret))
+        .route(
+            "/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate_secret),
+        )
+        .route(
+            "/endpoints/{id}/deliveries",
+            get(deliveries::list_endpoint_deliveries),
+        )
+        .route(
+            "/endpoints/{id}/recover",
+            post(deliveries::recover_endpoint),
+        )
+        .route("/deliveries", get(deliveries::list_deliveries))
+        .route("/deliveries/{id}", get(deliveries::get_delivery))
+        .route("/deliveries/{id}/resend", post(deliveries::resend_delivery))
+        .route(
+            "/event-types",
+            get(event_types::list_event_types).post(event_types::create_event_type),
+        )
+        .route("/alerts", get(deliveries::list_alerts))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::payload::MAX_EVENT_BYTES,
+        ));
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+    )
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "degraded", "database": "unavailable"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Hashes an API token the way the store keeps it.
+pub fn token_hash(token: &str) -> String {
+    hex_sha256(token.as_bytes())
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return Err(ApiError::unauthorized(
+            "missing header Authorization: Bearer <token>",
+        ));
+    };
+    let Some(principal) = state.store.principal_for_token(&token_hash(token)).await? else {
+        return Err(ApiError::unauthorized("the bearer token is not valid"));
+    };
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// A JSON body whose rejections are answered in the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        let Some(text) = &self.limit else {
+            return Ok(50);
+        };
+        match text.parse::<i64>() {
+            Ok(n) if (1..=250).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit '{text}' must be a whole number from 1 to 250"),
+            )),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+pub struct ListOut<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,392 @@
+//! The delivery engine: finds due deliveries, attempts them, records the outcome.
+//!
+//! A scheduler task asks the store which endpoints have due deliveries and starts one
+//! lane per endpoint. A lane claims that endpoint's deliveries one at a time, in
+//! accepted order, so an answering endpoint sees its events in order and one slow
+//! endpoint holds up only its own lane. The store is the queue; the engine keeps only
+//! the set of running lanes in memory. The engine never answers an HTTP request and
+//! never holds a database transaction across an attempt.
+
+pub mod attempt;
+pub mod egress;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Client, Method};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::catalog::TEST_EVENT;
+use crate::clock::{SharedClock, Timestamp};
+use crate::ids::new_id;
+use crate::model::{AfterAttempt, Attempt, Delivery, NewEvent};
+use crate::payload::{format_time, hex_sha256};
+use crate::settings::{DeliverySettings, RetrySchedule};
+use crate::signing;
+use crate::store::{Claimed, Store, StoreError};
+use egress::EgressPolicy;
+
+/// The longest wait between two looks at the store when nothing wakes the scheduler;
+/// it bounds how long a lease left by a crashed process goes unnoticed.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a claim stays valid beyond the attempt timeout, so a lease never runs out
+/// while its attempt is still in flight.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    settings: DeliverySettings,
+    policy: EgressPolicy,
+    client: Client,
+    wake: Notify,
+    lanes: Mutex<HashSet<String>>,
+    tracker: TaskTracker,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        settings: DeliverySettings,
+    ) -> Arc<Engine> {
+        let policy = EgressPolicy {
+            allow_private: settings.allow_private,
+        };
+        Arc::new(Engine {
+            store,
+            clock,
+            client: attempt::build_client(policy),
+            policy,
+            settings,
+            wake: Notify::new(),
+            lanes: Mutex::new(HashSet::new()),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn policy(&self) -> EgressPolicy {
+        self.policy
+    }
+
+    /// Tells the scheduler that deliveries may have become due.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the scheduler until `cancel`, then waits (bounded) for in-flight attempts.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            match self.schedule(&cancel).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot reach the store");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        self.tracker.close();
+        let bound = self.settings.attempt_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                lanes = self.tracker.len(),
+                "shutdown did not wait for attempts still in flight; they stay pending"
+            );
+        }
+    }
+
+    /// One pass: start lanes for due endpoints, then sleep until something may be due.
+    async fn schedule(self: &Arc<Self>, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let busy: Vec<String> = self
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .iter()
+            .cloned()
+            .collect();
+        let room = self
+            .settings
+            .max_concurrent_endpoints
+            .saturating_sub(busy.len());
+        if room > 0 {
+            for endpoint_id in self.store.due_endpoints(now, &busy, room as i64).await? {
+                self.start_lane(endpoint_id, cancel.clone());
+            }
+        }
+
+        let next = self.store.next_wake(now).await?;
+        let clock = self.clock.clone();
+        let until_due = async move {
+            match next {
+                Some(at) => clock.sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = until_due => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = cancel.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    fn start_lane(self: &Arc<Self>, endpoint_id: String, cancel: CancellationToken) {
+        if !self
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .insert(endpoint_id.clone())
+        {
+            return;
+        }
+        let engine = self.clone();
+        let span = tracing::info_span!("lane", endpoint_id = %endpoint_id);
+        self.tracker.spawn(
+            async move {
+                if let Err(err) = engine.run_lane(&endpoint_id, &cancel).await {
+                    warn!(cause = %err, "lane stopped: store unavailable");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                engine
+                    .lanes
+                    .lock()
+                    .expect("lanes lock")
+                    .remove(&endpoint_id);
+                // The scheduler may have skipped this endpoint while the lane was
+                // finishing; wake it so nothing waits for the next poll.
+                engine.wake();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run_lane(
+        &self,
+        endpoint_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        while !cancel.is_cancelled() {
+            let now = self.clock.now();
+            let lease_until = now + chrono_duration(self.settings.attempt_timeout + LEASE_MARGIN);
+            let Some(claimed) = self.store.claim_next(endpoint_id, now, lease_until).await? else {
+                return Ok(());
+            };
+            self.deliver(&claimed).await?;
+        }
+        Ok(())
+    }
+
+    /// Attempts a claimed delivery and records the outcome.
+    async fn deliver(&self, claimed: &Claimed) -> Result<Attempt, StoreError> {
+        let span = tracing::info_span!(
+            "attempt",
+            delivery_id = %claimed.delivery.id,
+            event_id = %claimed.delivery.event_id,
+            attempt = claimed.delivery.attempt_count + 1,
+        );
+        async {
+            let attempt = self.attempt(claimed).await;
+            let after = self.decide(&claimed.delivery, &attempt);
+            if attempt.status_code == Some(410) && !claimed.delivery.test {
+                self.disable_gone(claimed, &attempt).await?;
+            }
+            let recorded = self.store.record_attempt(claimed, &attempt, after).await?;
+            log_outcome(&attempt, after, recorded);
+            Ok(attempt)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(&self, claimed: &Claimed) -> Attempt {
+        let attempted_at = self.clock.now();
+        let delivery = &claimed.delivery;
+        let timestamp = attempted_at.timestamp();
+        let secrets = claimed.endpoint.signing_secrets(attempted_at);
+        let signature = signing::signature_header(
+            &secrets,
+            &delivery.event_id,
+            timestamp,
+            delivery.body.as_bytes(),
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("webhook-id"),
+            header_value(&delivery.event_id),
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-timestamp"),
+            header_value(&timestamp.to_string()),
+        );
+        headers.insert(
+            HeaderName::from_static("webhook-signature"),
+            header_value(&signature),
+        );
+        let request = attempt::Request {
+            method: Method::POST,
+            url: &claimed.endpoint.url,
+            headers,
+            body: Some(delivery.body.clone()),
+            timeout: self.settings.attempt_timeout,
+        };
+        attempt::send(
+            &self.client,
+            self.policy,
+            request,
+            attempted_at,
+            self.settings.success,
+        )
+        .await
+    }
+
+    /// The delivery's next state after this attempt: the retry schedule in one place.
+    pub fn decide(&self, delivery: &Delivery, attempt: &Attempt) -> AfterAttempt {
+        let Some(kind) = attempt.error_kind else {
+            return AfterAttempt::Succeeded;
+        };
+        if delivery.test || !kind.is_retryable() {
+            return AfterAttempt::Failed;
+        }
+        let first = delivery.first_attempt_at.unwrap_or(attempt.attempted_at);
+        let deadline = first + chrono_duration(self.settings.retry_window);
+        let wait = self.wait_after(delivery.attempt_count + 1);
+        let next = attempt.attempted_at + chrono_duration(wait);
+        if next > deadline {
+            return AfterAttempt::Failed;
+        }
+        let asked = attempt
+            .retry_after
+            .filter(|_| matches!(attempt.status_code, Some(429 | 503)))
+            .map(|d| attempt.attempted_at + chrono_duration(d));
+        match asked {
+            Some(asked) if asked > next => AfterAttempt::RetryAt(asked.min(deadline)),
+            _ => AfterAttempt::RetryAt(next),
+        }
+    }
+
+    fn wait_after(&self, failures: i64) -> Duration {
+        let base = self.settings.retry_interval;
+        match self.settings.retry_schedule {
+            RetrySchedule::Fixed => base,
+            RetrySchedule::Exponential => {
+                let factor = 2u32.saturating_pow((failures - 1).clamp(0, 20) as u32);
+                (base * factor).min(Duration::from_secs(3600))
+            }
+        }
+    }
+
+    async fn disable_gone(&self, claimed: &Claimed, attempt: &Attempt) -> Result<(), StoreError> {
+        let reason = format!(
+            "receiver answered 410 Gone at {}",
+            format_time(attempt.attempted_at)
+        );
+        warn!(endpoint_id = %claimed.endpoint.id, "endpoint disabled: receiver answered 410 Gone");
+        self.store
+            .disable_endpoint(&claimed.endpoint.id, &reason, self.clock.now())
+            .await
+    }
+
+    /// Sends a test event to one endpoint now, records it as a test delivery, and
+    /// returns the attempt. A failed test is not retried.
+    pub async fn send_test(&self, endpoint_id: &str) -> Result<(Delivery, Attempt), StoreError> {
+        let now = self.clock.now();
+        let body = format!(
+            "{{\"event\":\"{TEST_EVENT}\",\"object_id\":\"{endpoint_id}\",\"current\":{{\"created_at\":\"{}\",\"message\":\"test webhook from Herald\"}}}}",
+            format_time(now)
+        );
+        let event = NewEvent {
+            id: new_id("evt"),
+            event_type: TEST_EVENT.to_string(),
+            object_key: endpoint_id.to_string(),
+            request_hash: hex_sha256(body.as_bytes()),
+            body,
+            created_at: now,
+            idempotency_key: None,
+        };
+        let lease_until = now + chrono_duration(self.settings.attempt_timeout + LEASE_MARGIN);
+        let claimed = self
+            .store
+            .insert_test_delivery(&event, endpoint_id, lease_until)
+            .await?;
+        let attempt = self.deliver(&claimed).await?;
+        Ok((claimed.delivery, attempt))
+    }
+
+    /// Sends a HEAD to a URL through the same guard as every attempt. The error names
+    /// what the receiver answered.
+    pub async fn check_url(&self, url: &str) -> Result<(), String> {
+        let request = attempt::Request {
+            method: Method::HEAD,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            timeout: self.settings.attempt_timeout.min(Duration::from_secs(10)),
+        };
+        let attempt = attempt::send(
+            &self.client,
+            self.policy,
+            request,
+            self.clock.now(),
+            crate::settings::SuccessRule::Any2xx,
+        )
+        .await;
+        match (attempt.status_code, attempt.error) {
+            (Some(status), _) if status < 400 => Ok(()),
+            (Some(status), _) => Err(format!("HEAD {url} answered status {status}")),
+            (None, Some(error)) => Err(format!("HEAD {url} failed: {error}")),
+            (None, None) => Err(format!("HEAD {url} got no reply")),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+fn log_outcome(attempt: &Attempt, after: AfterAttempt, recorded: bool) {
+    let status = attempt.status_code.unwrap_or(0);
+    let error = attempt.error.as_deref().unwrap_or("");
+    match (recorded, after) {
+        (false, _) => debug!("attempt not recorded: the delivery's endpoint was deleted"),
+        (true, AfterAttempt::Succeeded) => {
+            info!(
+                status,
+                duration_ms = attempt.duration_ms,
+                "delivery succeeded"
+            )
+        }
+        (true, AfterAttempt::RetryAt(at)) => {
+            info!(status, error, next_attempt_at = %at, "attempt failed, will retry")
+        }
+        (true, AfterAttempt::Failed) => warn!(status, error, "delivery failed"),
+    }
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+pub fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

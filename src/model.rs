@@ -1,0 +1,265 @@
+//! The domain types shared by the API, the engine and the store.
+//!
+//! These are stored shapes, not wire shapes: the API has its own `…In`/`…Out` types and
+//! converts at its edge.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+
+/// Whether an endpoint receives events in acceptance order or holds back per object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Accepted order while the endpoint answers; a failing delivery holds back nothing.
+    #[default]
+    Accepted,
+    /// No event for an object is sent before earlier ones for that object are settled.
+    PerObject,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Accepted => "accepted",
+            Ordering::PerObject => "per_object",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Ordering> {
+        match text {
+            "accepted" => Some(Ordering::Accepted),
+            "per_object" => Some(Ordering::PerObject),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub enabled: bool,
+    pub events: Vec<String>,
+    pub ordering: Ordering,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<Timestamp>,
+    pub disabled_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_triggered_at: Option<Timestamp>,
+}
+
+impl Endpoint {
+    /// The secrets that sign a request sent at `now`: the current one, and the previous
+    /// one while its grace period lasts.
+    pub fn signing_secrets(&self, now: Timestamp) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(old), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
+            if now < until {
+                secrets.push(old);
+            }
+        }
+        secrets
+    }
+}
+
+/// The fields of an endpoint a caller chooses.
+#[derive(Clone, Debug)]
+pub struct EndpointFields {
+    pub name: String,
+    pub url: String,
+    pub enabled: bool,
+    pub events: Vec<String>,
+    pub ordering: Ordering,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An event as accepted: the webhook body is built once, at ingest, and sent as these
+/// exact bytes on every attempt to every endpoint.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub object_key: String,
+    pub body: String,
+    pub created_at: Timestamp,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub test: bool,
+    pub body: String,
+    pub created_at: Timestamp,
+    pub first_attempt_at: Option<Timestamp>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_attempt_at: Option<Timestamp>,
+    pub attempt_count: i64,
+}
+
+/// Why an attempt failed without a usable reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No complete reply within the attempt timeout.
+    Timeout,
+    /// The receiver's host refused the connection.
+    ConnectionRefused,
+    /// The host name did not resolve.
+    Dns,
+    /// The connection broke before the reply was complete.
+    ConnectionReset,
+    /// Any other failure to connect.
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The receiver answered with a redirect, which is never followed.
+    Redirect,
+    /// The receiver answered with a status that is not a success.
+    HttpStatus,
+    /// The destination address is not allowed by the egress policy.
+    BlockedDestination,
+    /// Anything else that went wrong building or sending the request.
+    Request,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ConnectionRefused => "connection_refused",
+            ErrorKind::Dns => "dns",
+            ErrorKind::ConnectionReset => "connection_reset",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::BlockedDestination => "blocked_destination",
+            ErrorKind::Request => "request",
+        }
+    }
+
+    /// Whether another attempt could turn out differently.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, ErrorKind::BlockedDestination)
+    }
+}
+
+/// The outcome of one HTTP POST of a delivery.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub attempted_at: Timestamp,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Option<String>,
+    pub response_truncated: bool,
+    pub error_kind: Option<ErrorKind>,
+    pub error: Option<String>,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Attempt {
+    pub fn succeeded(&self) -> bool {
+        self.error_kind.is_none()
+    }
+}
+
+/// A stored attempt, as shown in the history.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub attempted_at: Timestamp,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    pub response_headers: String,
+    pub response_body: Option<String>,
+    pub response_truncated: bool,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EventType {
+    pub name: String,
+    pub trigger: String,
+    pub action: String,
+    pub description: String,
+    pub builtin: bool,
+}
+
+/// What the store decides after recording an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Succeeded,
+    RetryAt(Timestamp),
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    EndpointFailing,
+    EndpointRecovered,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::EndpointFailing => "endpoint_failing",
+            AlertKind::EndpointRecovered => "endpoint_recovered",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub id: String,
+    pub kind: String,
+    pub endpoint_id: String,
+    pub created_at: Timestamp,
+    pub detail: String,
+    pub sent_at: Option<Timestamp>,
+}
+
+/// Who a request acts for.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: String,
+    pub token_id: String,
+    pub super_admin: bool,
+}

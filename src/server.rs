@@ -1,0 +1,181 @@
+//! Starting and stopping `herald serve`: open the store, run migrations, create the
+//! first token, then run the API, the delivery engine and the alert task together under
+//! one cancellation token.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::engine::Engine;
+use crate::settings::Settings;
+use crate::store::{SqliteStore, Store};
+
+/// A running server; dropping it does not stop it, [`Server::shutdown`] does.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: File,
+}
+
+pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let lock = lock_data_dir(&settings.data_dir)?;
+    if settings.dev {
+        warn!("development mode: sending to loopback and private networks and over plain http is allowed");
+    }
+
+    let store = open_store(&settings).await?;
+    create_initial_token(store.as_ref(), &settings, &clock).await?;
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        info!(
+            released,
+            "released claims left by the previous run; those deliveries will be attempted again"
+        );
+    }
+
+    let engine = Engine::new(store.clone(), clock.clone(), settings.delivery.clone());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let cancel = CancellationToken::new();
+    let state = AppState {
+        store: store.clone(),
+        engine: engine.clone(),
+        clock: clock.clone(),
+        settings: Arc::new(settings),
+    };
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(engine.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(crate::alerts::run(
+        store.clone(),
+        clock.clone(),
+        cancel.clone(),
+    )));
+    let shutdown = cancel.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown.cancelled_owned());
+        if let Err(err) = serve.await {
+            warn!(cause = %err, "HTTP server stopped");
+        }
+    }));
+    info!(address = %addr, "herald is listening");
+    Ok(Server {
+        addr,
+        store,
+        engine,
+        cancel,
+        tasks,
+        _lock: lock,
+    })
+}
+
+impl Server {
+    /// Stops taking requests and work, lets attempts in flight finish (bounded by the
+    /// attempt timeout), and returns once everything has stopped.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        info!("herald stopped");
+    }
+}
+
+/// One process owns an SQLite data directory; a second would corrupt the queue's leases.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("herald.lock");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another herald process is using the data directory {}",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(url) = &settings.database_url {
+        anyhow::bail!(
+            "database URL '{}' is not supported yet; only the embedded SQLite store is",
+            redact(url)
+        );
+    }
+    let path = settings.database_path();
+    let store = SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(Arc::new(store))
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.split('@').next_back().unwrap_or(url).to_string(),
+    }
+}
+
+async fn create_initial_token(
+    store: &dyn Store,
+    settings: &Settings,
+    clock: &SharedClock,
+) -> anyhow::Result<()> {
+    let token = new_token();
+    let created = store
+        .ensure_initial_admin(&api::token_hash(&token), clock.now())
+        .await?;
+    if created.is_none() {
+        return Ok(());
+    }
+    let path = settings.initial_token_path();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    info!(path = %path.display(), "created the first super admin; its API token is in this file, readable only by its owner");
+    Ok(())
+}
+
+/// A new API token: a recognisable prefix and 32 random bytes.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("hrld_{}", URL_SAFE_NO_PAD.encode(bytes))
+}

@@ -1,0 +1,293 @@
+//! Settings: flags, then `HERALD_*` environment variables, then the settings file, then
+//! the defaults, merged once at start into one [`Settings`] value.
+//!
+//! Nothing else reads the environment or the file; every subsystem gets the part of
+//! [`Settings`] it needs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// What counts as a successful reply from a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuccessRule {
+    /// Any status from 200 to 299.
+    Any2xx,
+    /// Exactly 200, as some receivers expect.
+    Only200,
+}
+
+impl SuccessRule {
+    pub fn accepts(self, status: u16) -> bool {
+        match self {
+            SuccessRule::Any2xx => (200..300).contains(&status),
+            SuccessRule::Only200 => status == 200,
+        }
+    }
+}
+
+/// How the wait between attempts grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetrySchedule {
+    /// The same interval between every attempt.
+    Fixed,
+    /// The interval doubles after each failure, up to one hour.
+    Exponential,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The fully resolved settings of `herald serve`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub public_url: String,
+    pub dev: bool,
+    pub smtp_url: Option<String>,
+    pub log_format: LogFormat,
+    pub delivery: DeliverySettings,
+}
+
+/// The part of the settings the delivery engine reads.
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    pub retry_interval: Duration,
+    pub retry_window: Duration,
+    pub retry_schedule: RetrySchedule,
+    pub attempt_timeout: Duration,
+    pub success: SuccessRule,
+    /// How many endpoints may have an attempt in flight at once, in this process.
+    pub max_concurrent_endpoints: usize,
+    /// How long the old secret keeps signing after a rotation.
+    pub secret_grace: Duration,
+    /// Allows loopback and private addresses and plain `http` URLs.
+    pub allow_private: bool,
+}
+
+impl Settings {
+    /// Defaults for a server rooted at `data_dir`, as used by tests and by `serve`
+    /// before flags, environment and file are applied.
+    pub fn defaults(data_dir: &Path) -> Settings {
+        let listen: SocketAddr = "127.0.0.1:7070".parse().expect("valid default address");
+        Settings {
+            listen,
+            data_dir: data_dir.to_path_buf(),
+            database_url: None,
+            public_url: format!("http://{listen}"),
+            dev: false,
+            smtp_url: None,
+            log_format: LogFormat::Text,
+            delivery: DeliverySettings {
+                retry_interval: Duration::from_secs(60),
+                retry_window: Duration::from_secs(4 * 3600),
+                retry_schedule: RetrySchedule::Fixed,
+                attempt_timeout: Duration::from_secs(30),
+                success: SuccessRule::Any2xx,
+                max_concurrent_endpoints: 256,
+                secret_grace: Duration::from_secs(24 * 3600),
+                allow_private: false,
+            },
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("herald.db")
+    }
+
+    pub fn initial_token_path(&self) -> PathBuf {
+        self.data_dir.join("initial-admin-token")
+    }
+}
+
+/// The flags of `herald serve`; each also reads its `HERALD_*` variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Settings file (TOML); see herald.example.toml
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:7070]
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for the embedded database and the initial token [default: ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Database URL; the default is SQLite in the data directory
+    #[arg(long, env = "HERALD_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Wait between attempts of a failing delivery [default: 60s]
+    #[arg(long, env = "HERALD_RETRY_INTERVAL", value_parser = parse_duration)]
+    pub retry_interval: Option<Duration>,
+
+    /// How long after its first attempt a delivery is retried [default: 4h]
+    #[arg(long, env = "HERALD_RETRY_WINDOW", value_parser = parse_duration)]
+    pub retry_window: Option<Duration>,
+
+    /// How the wait between attempts grows [default: fixed]
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE")]
+    pub retry_schedule: Option<RetrySchedule>,
+
+    /// Longest an attempt may take, reply body included [default: 30s]
+    #[arg(long, env = "HERALD_ATTEMPT_TIMEOUT", value_parser = parse_duration)]
+    pub attempt_timeout: Option<Duration>,
+
+    /// Which replies count as success [default: any-2xx]
+    #[arg(long, env = "HERALD_SUCCESS")]
+    pub success: Option<SuccessRule>,
+
+    /// How long a rotated-out secret keeps signing [default: 24h]
+    #[arg(long, env = "HERALD_SECRET_GRACE", value_parser = parse_duration)]
+    pub secret_grace: Option<Duration>,
+
+    /// Endpoints that may have an attempt in flight at once [default: 256]
+    #[arg(long, env = "HERALD_MAX_CONCURRENT_ENDPOINTS")]
+    pub max_concurrent_endpoints: Option<usize>,
+
+    /// Development mode: also send to loopback and private addresses and plain http
+    #[arg(long, env = "HERALD_DEV", value_parser = parse_flag, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub dev: Option<bool>,
+
+    /// SMTP server for alert e-mail, like smtp://user:pass@host:587
+    #[arg(long, env = "HERALD_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// Base URL of this server, used for links in e-mails [default: http://<listen>]
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Log format [default: text]
+    #[arg(long, env = "HERALD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings file: the same names as the flags, with `_` for `-`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retry_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retry_window: Option<Duration>,
+    retry_schedule: Option<RetrySchedule>,
+    #[serde(default, with = "humantime_serde_opt")]
+    attempt_timeout: Option<Duration>,
+    success: Option<SuccessRule>,
+    #[serde(default, with = "humantime_serde_opt")]
+    secret_grace: Option<Duration>,
+    max_concurrent_endpoints: Option<usize>,
+    dev: Option<bool>,
+    smtp_url: Option<String>,
+    public_url: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (already in `self`) over the file over the defaults.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = pick(&self.data_dir, file.data_dir).unwrap_or("herald-data".into());
+        let mut s = Settings::defaults(&data_dir);
+        let d = &mut s.delivery;
+
+        s.listen = pick(&self.listen, file.listen).unwrap_or(s.listen);
+        s.database_url = pick(&self.database_url, file.database_url);
+        s.dev = pick(&self.dev, file.dev).unwrap_or(false);
+        s.smtp_url = pick(&self.smtp_url, file.smtp_url);
+        s.log_format = pick(&self.log_format, file.log_format).unwrap_or(s.log_format);
+        d.retry_interval =
+            pick(&self.retry_interval, file.retry_interval).unwrap_or(d.retry_interval);
+        d.retry_window = pick(&self.retry_window, file.retry_window).unwrap_or(d.retry_window);
+        d.retry_schedule =
+            pick(&self.retry_schedule, file.retry_schedule).unwrap_or(d.retry_schedule);
+        d.attempt_timeout =
+            pick(&self.attempt_timeout, file.attempt_timeout).unwrap_or(d.attempt_timeout);
+        d.success = pick(&self.success, file.success).unwrap_or(d.success);
+        d.secret_grace = pick(&self.secret_grace, file.secret_grace).unwrap_or(d.secret_grace);
+        d.max_concurrent_endpoints = pick(
+            &self.max_concurrent_endpoints,
+            file.max_concurrent_endpoints,
+        )
+        .unwrap_or(d.max_concurrent_endpoints);
+        d.allow_private = s.dev;
+        s.public_url = pick(&self.public_url, file.public_url)
+            .unwrap_or_else(|| format!("http://{}", s.listen));
+
+        validate(&s)?;
+        Ok(s)
+    }
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: Option<T>) -> Option<T> {
+    flag.clone().or(file)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+}
+
+fn validate(s: &Settings) -> anyhow::Result<()> {
+    let d = &s.delivery;
+    anyhow::ensure!(
+        !d.retry_interval.is_zero(),
+        "retry-interval must be more than 0"
+    );
+    anyhow::ensure!(
+        !d.attempt_timeout.is_zero(),
+        "attempt-timeout must be more than 0"
+    );
+    anyhow::ensure!(
+        d.max_concurrent_endpoints > 0,
+        "max-concurrent-endpoints must be more than 0"
+    );
+    Ok(())
+}
+
+/// Parses durations written like `500ms`, `60s`, `4h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration '{text}': {e} (write it like 500ms, 60s or 4h)"))
+}
+
+fn parse_flag(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("invalid switch '{other}': use 1 or 0")),
+    }
+}

@@ -1,0 +1,191 @@
+//! The store: every piece of Herald's state, behind one interface.
+//!
+//! The queue lives here too: a delivery is a row, claimed with a lease before its
+//! attempt and released when the attempt is recorded. Nothing is kept only in memory,
+//! so a process that dies loses nothing that was acknowledged. No method holds a
+//! transaction open across a network call; the engine claims, commits, calls, then
+//! records.
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::model::{
+    AfterAttempt, Alert, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
+    EndpointFields, EventType, NewEvent, Principal,
+};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("unknown event type")]
+    UnknownEventType,
+    #[error("idempotency key already used for a different request")]
+    IdempotencyMismatch,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The answer to an accepted event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: String,
+    pub deliveries: i64,
+    /// True when an earlier request with the same idempotency key is answered again.
+    pub replayed: bool,
+}
+
+/// A page of a list, newest first.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: i64,
+}
+
+/// A delivery claimed for one attempt, with what the attempt needs.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub seq: i64,
+    pub delivery: Delivery,
+    pub endpoint: Endpoint,
+}
+
+/// The health of an endpoint, for lists and the console.
+#[derive(Clone, Debug)]
+pub struct Outage {
+    pub endpoint_id: String,
+    pub failing_since: Timestamp,
+    pub alerted_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+/// What the first start creates: the first super admin and its token.
+#[derive(Clone, Debug)]
+pub struct InitialAdmin {
+    pub user_id: String,
+    pub token: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Brings the schema up to date and adds any built-in event types it lacks.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates the first super admin and a token for it when there are no users.
+    async fn ensure_initial_admin(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>>;
+
+    async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+
+    async fn list_event_types(&self) -> StoreResult<Vec<EventType>>;
+    async fn add_event_type(&self, event_type: &EventType) -> StoreResult<()>;
+
+    async fn create_endpoint(
+        &self,
+        fields: &EndpointFields,
+        secret: &str,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint>;
+    async fn get_endpoint(&self, id: &str) -> StoreResult<Endpoint>;
+    async fn list_endpoints(&self, cursor: Option<&str>, limit: i64)
+        -> StoreResult<Page<Endpoint>>;
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        fields: &EndpointFields,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint>;
+    /// Deletes the endpoint and everything pending for it; history goes with it.
+    async fn delete_endpoint(&self, id: &str) -> StoreResult<()>;
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        new_secret: &str,
+        old_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint>;
+    async fn disable_endpoint(&self, id: &str, reason: &str, now: Timestamp) -> StoreResult<()>;
+    async fn list_outages(&self) -> StoreResult<Vec<Outage>>;
+
+    /// Stores the event and one delivery per enabled endpoint subscribed to its type,
+    /// in one transaction. Returns only once that transaction is durably committed.
+    async fn insert_event(&self, event: &NewEvent) -> StoreResult<Accepted>;
+
+    /// Stores a test event and its one delivery to `endpoint_id`, already claimed.
+    async fn insert_test_delivery(
+        &self,
+        event: &NewEvent,
+        endpoint_id: &str,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claimed>;
+
+    async fn list_deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Page<Delivery>>;
+    async fn get_delivery(&self, id: &str) -> StoreResult<(Delivery, Vec<AttemptRecord>)>;
+    /// Puts a delivery back to pending, due now, with a new retry window.
+    async fn resend_delivery(&self, id: &str, now: Timestamp) -> StoreResult<Delivery>;
+    /// Resends every failed delivery of an endpoint created at or after `since`.
+    async fn resend_failed_since(
+        &self,
+        endpoint_id: &str,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<i64>;
+
+    /// Endpoints, other than `busy`, that have a delivery due and unclaimed at `now`.
+    async fn due_endpoints(
+        &self,
+        now: Timestamp,
+        busy: &[String],
+        limit: i64,
+    ) -> StoreResult<Vec<String>>;
+    /// The earliest future time at which a delivery becomes due or a lease runs out.
+    async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>>;
+    /// Claims the endpoint's first due delivery in accepted order (or per-object order)
+    /// with a lease that keeps other workers off it until `lease_until`.
+    async fn claim_next(
+        &self,
+        endpoint_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Option<Claimed>>;
+    /// Records an attempt and the delivery's new state, releasing its lease. Returns
+    /// false when the delivery no longer exists (its endpoint was deleted meanwhile).
+    async fn record_attempt(
+        &self,
+        claimed: &Claimed,
+        attempt: &Attempt,
+        after: AfterAttempt,
+    ) -> StoreResult<bool>;
+    /// Releases every lease; only for a store that a single process owns.
+    async fn release_all_leases(&self) -> StoreResult<u64>;
+
+    async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
+    /// Alerts not yet passed on to people, oldest first.
+    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
+    async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()>;
+}

@@ -1,0 +1,930 @@
+//! The embedded store: SQLite in WAL mode with full syncs, so a commit survives a power
+//! cut. One connection writes and several read; SQLite allows one writer at a time,
+//! and a single writing connection turns lock waits into an orderly queue.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::DateTime;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::*;
+use crate::catalog;
+use crate::ids::new_id;
+use crate::model::{AlertKind, Ordering};
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn micros(at: Timestamp) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(value: i64) -> Timestamp {
+    DateTime::from_timestamp_micros(value).unwrap_or_default()
+}
+
+fn opt_time(row: &SqliteRow, column: &str) -> Option<Timestamp> {
+    row.get::<Option<i64>, _>(column).map(from_micros)
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+const ENDPOINT_COLUMNS: &str = "e.id, e.name, e.url, e.enabled, e.ordering, e.secret, \
+    e.previous_secret, e.previous_secret_until, e.disabled_reason, e.created_at, \
+    e.updated_at, e.last_triggered_at, \
+    (SELECT group_concat(event_type, ' ') FROM endpoint_events x WHERE x.endpoint_id = e.id) \
+    AS events";
+
+const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.event_id, d.endpoint_id, d.event_type, \
+    d.status, d.test, d.created_at, d.first_attempt_at, d.next_attempt_at, \
+    d.last_attempt_at, d.attempt_count, v.body";
+
+fn endpoint_from_row(row: &SqliteRow) -> Endpoint {
+    let mut events: Vec<String> = row
+        .get::<Option<String>, _>("events")
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    events.sort();
+    Endpoint {
+        id: row.get("id"),
+        name: row.get("name"),
+        url: row.get("url"),
+        enabled: row.get("enabled"),
+        events,
+        ordering: Ordering::parse(row.get("ordering")).unwrap_or_default(),
+        secret: row.get("secret"),
+        previous_secret: row.get("previous_secret"),
+        previous_secret_until: opt_time(row, "previous_secret_until"),
+        disabled_reason: row.get("disabled_reason"),
+        created_at: from_micros(row.get("created_at")),
+        updated_at: from_micros(row.get("updated_at")),
+        last_triggered_at: opt_time(row, "last_triggered_at"),
+    }
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Delivery {
+    Delivery {
+        id: row.get("id"),
+        event_id: row.get("event_id"),
+        endpoint_id: row.get("endpoint_id"),
+        event_type: row.get("event_type"),
+        status: DeliveryStatus::parse(row.get("status")).unwrap_or(DeliveryStatus::Pending),
+        test: row.get("test"),
+        body: row.get("body"),
+        created_at: from_micros(row.get("created_at")),
+        first_attempt_at: opt_time(row, "first_attempt_at"),
+        next_attempt_at: opt_time(row, "next_attempt_at"),
+        last_attempt_at: opt_time(row, "last_attempt_at"),
+        attempt_count: row.get("attempt_count"),
+    }
+}
+
+const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at";
+
+fn alert_from_row(row: &SqliteRow) -> Alert {
+    Alert {
+        id: row.get("id"),
+        kind: row.get("kind"),
+        endpoint_id: row.get("endpoint_id"),
+        created_at: from_micros(row.get("created_at")),
+        detail: row.get("detail"),
+        sent_at: opt_time(row, "sent_at"),
+    }
+}
+
+fn attempt_from_row(row: &SqliteRow) -> AttemptRecord {
+    AttemptRecord {
+        attempted_at: from_micros(row.get("attempted_at")),
+        duration_ms: row.get("duration_ms"),
+        status_code: row.get("status_code"),
+        response_headers: row.get("response_headers"),
+        response_body: row.get("response_body"),
+        response_truncated: row.get("response_truncated"),
+        error_kind: row.get("error_kind"),
+        error: row.get("error"),
+    }
+}
+
+async fn replace_subscriptions(
+    tx: &mut Transaction<'_, Sqlite>,
+    endpoint_id: &str,
+    events: &[String],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM endpoint_events WHERE endpoint_id = ?")
+        .bind(endpoint_id)
+        .execute(&mut **tx)
+        .await?;
+    for event_type in events {
+        sqlx::query(
+            "INSERT OR IGNORE INTO endpoint_events (event_type, endpoint_id) VALUES (?, ?)",
+        )
+        .bind(event_type)
+        .bind(endpoint_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_event_row(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &NewEvent,
+    delivery_count: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO events (id, event_type, object_key, body, created_at, idempotency_key, \
+         request_hash, delivery_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(&event.object_key)
+    .bind(&event.body)
+    .bind(micros(event.created_at))
+    .bind(&event.idempotency_key)
+    .bind(&event.request_hash)
+    .bind(delivery_count)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_delivery_row(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &NewEvent,
+    endpoint_id: &str,
+    test: bool,
+    lease_until: Option<Timestamp>,
+) -> StoreResult<i64> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, status, \
+         test, created_at, next_attempt_at, lease_until) \
+         VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(new_id("dlv"))
+    .bind(&event.id)
+    .bind(endpoint_id)
+    .bind(&event.event_type)
+    .bind(&event.object_key)
+    .bind(test)
+    .bind(micros(event.created_at))
+    .bind(micros(event.created_at))
+    .bind(lease_until.map(micros))
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+async fn replay_idempotent(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &NewEvent,
+) -> StoreResult<Option<Accepted>> {
+    let Some(key) = &event.idempotency_key else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT id, request_hash, delivery_count FROM events WHERE idempotency_key = ?",
+    )
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if row.get::<String, _>("request_hash") != event.request_hash {
+        return Err(StoreError::IdempotencyMismatch);
+    }
+    Ok(Some(Accepted {
+        event_id: row.get("id"),
+        deliveries: row.get("delivery_count"),
+        replayed: true,
+    }))
+}
+
+/// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
+async fn track_outage(
+    tx: &mut Transaction<'_, Sqlite>,
+    claimed: &Claimed,
+    attempt: &Attempt,
+    after: AfterAttempt,
+) -> StoreResult<()> {
+    let endpoint_id = &claimed.endpoint.id;
+    let at = micros(attempt.attempted_at);
+    if after == AfterAttempt::Succeeded {
+        let alerted: Option<Option<i64>> = sqlx::query_scalar(
+            "DELETE FROM endpoint_outages WHERE endpoint_id = ? RETURNING alerted_at",
+        )
+        .bind(endpoint_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(Some(_)) = alerted {
+            insert_alert(tx, AlertKind::EndpointRecovered, claimed, attempt).await?;
+        }
+        return Ok(());
+    }
+
+    let last_error = describe_failure(attempt);
+    sqlx::query(
+        "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) VALUES (?, ?, ?) \
+         ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
+    )
+    .bind(endpoint_id)
+    .bind(at)
+    .bind(&last_error)
+    .execute(&mut **tx)
+    .await?;
+    if after != AfterAttempt::Failed {
+        return Ok(());
+    }
+    let newly_alerted = sqlx::query(
+        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL",
+    )
+    .bind(at)
+    .bind(endpoint_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if newly_alerted == 1 {
+        insert_alert(tx, AlertKind::EndpointFailing, claimed, attempt).await?;
+    }
+    Ok(())
+}
+
+fn describe_failure(attempt: &Attempt) -> String {
+    match (&attempt.error, attempt.status_code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(status)) => format!("status {status}"),
+        (None, None) => "unknown failure".to_string(),
+    }
+}
+
+async fn insert_alert(
+    tx: &mut Transaction<'_, Sqlite>,
+    kind: AlertKind,
+    claimed: &Claimed,
+    attempt: &Attempt,
+) -> StoreResult<()> {
+    let endpoint = &claimed.endpoint;
+    let counts = sqlx::query(
+        "SELECT sum(status = 'failed') AS failed, sum(status = 'pending') AS pending \
+         FROM deliveries WHERE endpoint_id = ?",
+    )
+    .bind(&endpoint.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let failing_since: Option<i64> =
+        sqlx::query_scalar("SELECT failing_since FROM endpoint_outages WHERE endpoint_id = ?")
+            .bind(&endpoint.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let detail = serde_json::json!({
+        "endpoint_name": endpoint.name,
+        "endpoint_url": endpoint.url,
+        "failing_since": failing_since.map(from_micros),
+        "failed_deliveries": counts.get::<Option<i64>, _>("failed").unwrap_or(0),
+        "pending_deliveries": counts.get::<Option<i64>, _>("pending").unwrap_or(0),
+        "last_status": attempt.status_code,
+        "last_error": describe_failure(attempt),
+        "at": attempt.attempted_at,
+    });
+    sqlx::query(
+        "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(new_id("alr"))
+    .bind(kind.as_str())
+    .bind(&endpoint.id)
+    .bind(micros(attempt.attempted_at))
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() as i64 > limit;
+    items.truncate(limit.max(0) as usize);
+    let next_cursor = if more {
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        for t in catalog::default_catalog() {
+            sqlx::query(
+                "INSERT OR IGNORE INTO event_types (name, trigger_name, action, description, \
+                 builtin) VALUES (?, ?, ?, ?, 1)",
+            )
+            .bind(&t.name)
+            .bind(&t.trigger)
+            .bind(&t.action)
+            .bind(&t.description)
+            .execute(&self.writer)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn ensure_initial_admin(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>> {
+        let mut tx = self.writer.begin().await?;
+        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&mut *tx)
+            .await?;
+        if users > 0 {
+            return Ok(None);
+        }
+        let user_id = new_id("usr");
+        sqlx::query(
+            "INSERT INTO users (id, email, name, role, created_at) \
+             VALUES (?, NULL, 'Initial admin', 'super_admin', ?)",
+        )
+        .bind(&user_id)
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, user_id, name, token_hash, created_at) \
+             VALUES (?, ?, 'initial admin token', ?, ?)",
+        )
+        .bind(new_id("tok"))
+        .bind(&user_id)
+        .bind(token_hash)
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(user_id))
+    }
+
+    async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        let row = sqlx::query(
+            "SELECT t.id AS token_id, u.id AS user_id, u.role FROM tokens t \
+             JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|row| Principal {
+            user_id: row.get("user_id"),
+            token_id: row.get("token_id"),
+            super_admin: row.get::<String, _>("role") == "super_admin",
+        }))
+    }
+
+    async fn list_event_types(&self) -> StoreResult<Vec<EventType>> {
+        let rows = sqlx::query(
+            "SELECT name, trigger_name, action, description, builtin FROM event_types ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| EventType {
+                name: row.get("name"),
+                trigger: row.get("trigger_name"),
+                action: row.get("action"),
+                description: row.get("description"),
+                builtin: row.get("builtin"),
+            })
+            .collect())
+    }
+
+    async fn add_event_type(&self, t: &EventType) -> StoreResult<()> {
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO event_types (name, trigger_name, action, description, builtin) \
+             VALUES (?, ?, ?, ?, 0)",
+        )
+        .bind(&t.name)
+        .bind(&t.trigger)
+        .bind(&t.action)
+        .bind(&t.description)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn create_endpoint(
+        &self,
+        fields: &EndpointFields,
+        secret: &str,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint> {
+        let id = new_id("ep");
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO endpoints (id, name, url, enabled, ordering, secret, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&fields.name)
+        .bind(&fields.url)
+        .bind(fields.enabled)
+        .bind(fields.ordering.as_str())
+        .bind(secret)
+        .bind(micros(now))
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        replace_subscriptions(&mut tx, &id, &fields.events).await?;
+        tx.commit().await?;
+        self.get_endpoint(&id).await
+    }
+
+    async fn get_endpoint(&self, id: &str) -> StoreResult<Endpoint> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints e WHERE e.id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref()
+            .map(endpoint_from_row)
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn list_endpoints(
+        &self,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Page<Endpoint>> {
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints e WHERE (? IS NULL OR e.id < ?) \
+             ORDER BY e.id DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cursor)
+            .bind(cursor)
+            .bind(limit + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let items = rows.iter().map(endpoint_from_row).collect();
+        Ok(page(items, limit, |e: &Endpoint| e.id.clone()))
+    }
+
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        fields: &EndpointFields,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint> {
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE endpoints SET name = ?, url = ?, \
+             disabled_reason = CASE WHEN ? THEN NULL ELSE disabled_reason END, \
+             enabled = ?, ordering = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&fields.name)
+        .bind(&fields.url)
+        .bind(fields.enabled)
+        .bind(fields.enabled)
+        .bind(fields.ordering.as_str())
+        .bind(micros(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        replace_subscriptions(&mut tx, id, &fields.events).await?;
+        tx.commit().await?;
+        self.get_endpoint(id).await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM endpoints WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        new_secret: &str,
+        old_until: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Endpoint> {
+        let updated = sqlx::query(
+            "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, \
+             secret = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(micros(old_until))
+        .bind(new_secret)
+        .bind(micros(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_endpoint(id).await
+    }
+
+    async fn disable_endpoint(&self, id: &str, reason: &str, now: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(micros(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_outages(&self) -> StoreResult<Vec<Outage>> {
+        let rows = sqlx::query(
+            "SELECT endpoint_id, failing_since, alerted_at, last_error FROM endpoint_outages",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Outage {
+                endpoint_id: row.get("endpoint_id"),
+                failing_since: from_micros(row.get("failing_since")),
+                alerted_at: opt_time(row, "alerted_at"),
+                last_error: row.get("last_error"),
+            })
+            .collect())
+    }
+
+    async fn insert_event(&self, event: &NewEvent) -> StoreResult<Accepted> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(earlier) = replay_idempotent(&mut tx, event).await? {
+            return Ok(earlier);
+        }
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM event_types WHERE name = ?")
+            .bind(&event.event_type)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none() {
+            return Err(StoreError::UnknownEventType);
+        }
+
+        let endpoints: Vec<String> = sqlx::query_scalar(
+            "SELECT s.endpoint_id FROM endpoint_events s JOIN endpoints e ON e.id = s.endpoint_id \
+             WHERE s.event_type = ? AND e.enabled ORDER BY s.endpoint_id",
+        )
+        .bind(&event.event_type)
+        .fetch_all(&mut *tx)
+        .await?;
+        insert_event_row(&mut tx, event, endpoints.len() as i64).await?;
+        for endpoint_id in &endpoints {
+            insert_delivery_row(&mut tx, event, endpoint_id, false, None).await?;
+        }
+        tx.commit().await?;
+
+        Ok(Accepted {
+            event_id: event.id.clone(),
+            deliveries: endpoints.len() as i64,
+            replayed: false,
+        })
+    }
+
+    async fn insert_test_delivery(
+        &self,
+        event: &NewEvent,
+        endpoint_id: &str,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claimed> {
+        let endpoint = self.get_endpoint(endpoint_id).await?;
+        let mut tx = self.writer.begin().await?;
+        insert_event_row(&mut tx, event, 1).await?;
+        let seq = insert_delivery_row(&mut tx, event, endpoint_id, true, Some(lease_until)).await?;
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
+             WHERE d.seq = ?"
+        );
+        let row = sqlx::query(&sql).bind(seq).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Claimed {
+            seq,
+            delivery: delivery_from_row(&row),
+            endpoint,
+        })
+    }
+
+    async fn list_deliveries(&self, f: &DeliveryFilter) -> StoreResult<Page<Delivery>> {
+        let cursor: Option<i64> = f.cursor.as_deref().and_then(|c| c.parse().ok());
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
+             WHERE (?1 IS NULL OR d.endpoint_id = ?1) AND (?2 IS NULL OR d.status = ?2) \
+             AND (?3 IS NULL OR d.event_type = ?3) AND (?4 IS NULL OR d.seq < ?4) \
+             ORDER BY d.seq DESC LIMIT ?5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&f.endpoint_id)
+            .bind(f.status.map(DeliveryStatus::as_str))
+            .bind(&f.event_type)
+            .bind(cursor)
+            .bind(f.limit + 1)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut items: Vec<(i64, Delivery)> = rows
+            .iter()
+            .map(|row| (row.get("seq"), delivery_from_row(row)))
+            .collect();
+        let more = items.len() as i64 > f.limit;
+        items.truncate(f.limit.max(0) as usize);
+        let next_cursor = if more {
+            items.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            items: items.into_iter().map(|(_, d)| d).collect(),
+            next_cursor,
+        })
+    }
+
+    async fn get_delivery(&self, id: &str) -> StoreResult<(Delivery, Vec<AttemptRecord>)> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
+             WHERE d.id = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound);
+        };
+        let attempts = sqlx::query(
+            "SELECT attempted_at, duration_ms, status_code, response_headers, response_body, \
+             response_truncated, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
+        )
+        .bind(row.get::<i64, _>("seq"))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok((
+            delivery_from_row(&row),
+            attempts.iter().map(attempt_from_row).collect(),
+        ))
+    }
+
+    async fn resend_delivery(&self, id: &str, now: Timestamp) -> StoreResult<Delivery> {
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, \
+             first_attempt_at = NULL WHERE id = ? AND (status != 'pending' OR lease_until IS NULL)",
+        )
+        .bind(micros(now))
+        .bind(id)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            self.get_delivery(id).await?;
+        }
+        Ok(self.get_delivery(id).await?.0)
+    }
+
+    async fn resend_failed_since(
+        &self,
+        endpoint_id: &str,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<i64> {
+        self.get_endpoint(endpoint_id).await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, first_attempt_at = NULL \
+             WHERE endpoint_id = ? AND status = 'failed' AND created_at >= ?",
+        )
+        .bind(micros(now))
+        .bind(endpoint_id)
+        .bind(micros(since))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(updated as i64)
+    }
+
+    async fn due_endpoints(
+        &self,
+        now: Timestamp,
+        busy: &[String],
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        let busy_json = serde_json::to_string(busy).expect("strings serialize");
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT d.endpoint_id FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND e.enabled \
+             AND (d.lease_until IS NULL OR d.lease_until <= ?1) \
+             AND d.endpoint_id NOT IN (SELECT value FROM json_each(?2)) LIMIT ?3",
+        )
+        .bind(micros(now))
+        .bind(busy_json)
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(t) FROM ( \
+               SELECT min(next_attempt_at) AS t FROM deliveries \
+                 WHERE status = 'pending' AND next_attempt_at > ?1 \
+               UNION ALL \
+               SELECT min(lease_until) AS t FROM deliveries \
+                 WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > ?1)",
+        )
+        .bind(micros(now))
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(next.map(from_micros))
+    }
+
+    async fn claim_next(
+        &self,
+        endpoint_id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> StoreResult<Option<Claimed>> {
+        let endpoint = match self.get_endpoint(endpoint_id).await {
+            Ok(endpoint) if endpoint.enabled => endpoint,
+            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let per_object = endpoint.ordering == Ordering::PerObject;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET lease_until = ?3 WHERE seq = ( \
+               SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
+               AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
+               AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
+                 AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
+               ORDER BY d.seq LIMIT 1) RETURNING seq",
+        )
+        .bind(endpoint_id)
+        .bind(micros(now))
+        .bind(micros(lease_until))
+        .bind(per_object)
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
+             WHERE d.seq = ?"
+        );
+        let row = sqlx::query(&sql).bind(seq).fetch_one(&self.writer).await?;
+        Ok(Some(Claimed {
+            seq,
+            delivery: delivery_from_row(&row),
+            endpoint,
+        }))
+    }
+
+    async fn record_attempt(
+        &self,
+        claimed: &Claimed,
+        attempt: &Attempt,
+        after: AfterAttempt,
+    ) -> StoreResult<bool> {
+        let (status, next) = match after {
+            AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
+            AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
+            AfterAttempt::Failed => (DeliveryStatus::Failed, None),
+        };
+        let at = micros(attempt.attempted_at);
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, \
+             first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, \
+             attempt_count = attempt_count + 1 WHERE seq = ?",
+        )
+        .bind(status.as_str())
+        .bind(next)
+        .bind(at)
+        .bind(at)
+        .bind(claimed.seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+
+        let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
+        sqlx::query(
+            "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
+             response_headers, response_body, response_truncated, error_kind, error) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(claimed.seq)
+        .bind(at)
+        .bind(attempt.duration_ms)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(headers)
+        .bind(&attempt.response_body)
+        .bind(attempt.response_truncated)
+        .bind(attempt.error_kind.map(|k| k.as_str()))
+        .bind(&attempt.error)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(&claimed.endpoint.id)
+            .execute(&mut *tx)
+            .await?;
+        if !claimed.delivery.test {
+            track_outage(&mut tx, claimed, attempt, after).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        let released =
+            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(released)
+    }
+
+    async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
+        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.iter().map(alert_from_row).collect())
+    }
+
+    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
+        let sql =
+            format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await?;
+        Ok(rows.iter().map(alert_from_row).collect())
+    }
+
+    async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()> {
+        sqlx::query("UPDATE alerts SET sent_at = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
