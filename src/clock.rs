@@ -23,12 +23,18 @@ pub trait Clock: Send + Sync + 'static {
 
 pub type SharedClock = Arc<dyn Clock>;
 
+/// Drops what is finer than a microsecond, the precision times are stored with, so a
+/// time read back from the store equals the time that was written.
+fn to_micros(at: Timestamp) -> Timestamp {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
 pub struct SystemClock;
 
 #[async_trait]
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Utc::now()
+        to_micros(Utc::now())
     }
 
     async fn sleep_until(&self, deadline: Timestamp) {
@@ -45,6 +51,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Arc<Self> {
+        let start = to_micros(start);
         let (ticks, _) = watch::channel(start);
         Arc::new(ManualClock {
             now: Mutex::new(start),

@@ -166,6 +166,11 @@ pub async fn list_deliveries(
 fn delivery_not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     move |err| match err {
         StoreError::NotFound => ApiError::not_found("delivery", id),
+        StoreError::InFlight => ApiError::new(
+            StatusCode::CONFLICT,
+            "delivery_in_flight",
+            format!("delivery '{id}' is being attempted now; resend it once the attempt ends"),
+        ),
         other => other.into(),
     }
 }

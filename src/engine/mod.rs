@@ -128,7 +128,9 @@ impl Engine {
             .max_concurrent_endpoints
             .saturating_sub(busy.len());
         if room > 0 {
-            for endpoint_id in self.store.due_endpoints(now, &busy, room as i64).await? {
+            let due = self.store.due_endpoints(now, &busy, room as i64).await?;
+            debug!(due = due.len(), busy = busy.len(), "scheduler pass");
+            for endpoint_id in due {
                 self.start_lane(endpoint_id, cancel.clone());
             }
         }

@@ -28,6 +28,8 @@ pub enum StoreError {
     IdempotencyMismatch,
     #[error("already exists")]
     AlreadyExists,
+    #[error("an attempt is in flight")]
+    InFlight,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -146,7 +148,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Page<Delivery>>;
     async fn get_delivery(&self, id: &str) -> StoreResult<(Delivery, Vec<AttemptRecord>)>;
-    /// Puts a delivery back to pending, due now, with a new retry window.
+    /// Puts a delivery back to pending, due now, with a new retry window. A delivery
+    /// whose attempt is in flight is left alone ([`StoreError::InFlight`]).
     async fn resend_delivery(&self, id: &str, now: Timestamp) -> StoreResult<Delivery>;
     /// Resends every failed delivery of an endpoint created at or after `since`.
     async fn resend_failed_since(

@@ -722,17 +722,20 @@ impl Store for SqliteStore {
     async fn resend_delivery(&self, id: &str, now: Timestamp) -> StoreResult<Delivery> {
         let updated = sqlx::query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, \
-             first_attempt_at = NULL WHERE id = ? AND (status != 'pending' OR lease_until IS NULL)",
+             first_attempt_at = NULL WHERE id = ? AND (status != 'pending' OR lease_until IS NULL \
+             OR lease_until <= ?)",
         )
         .bind(micros(now))
         .bind(id)
+        .bind(micros(now))
         .execute(&self.writer)
         .await?
         .rows_affected();
+        let (delivery, _) = self.get_delivery(id).await?;
         if updated == 0 {
-            self.get_delivery(id).await?;
+            return Err(StoreError::InFlight);
         }
-        Ok(self.get_delivery(id).await?.0)
+        Ok(delivery)
     }
 
     async fn resend_failed_since(
