@@ -56,6 +56,12 @@ pub fn parse_event(raw: &[u8], accepted_at: Timestamp) -> Result<ParsedEvent, Pa
         ))
     })?;
     check_depth(raw)?;
+    if !text.trim_start().starts_with('{') && serde_json::from_str::<&RawValue>(text).is_ok() {
+        return Err(PayloadError::InvalidField(format!(
+            "body must be a JSON object like {{\"event\": …}}, not {}",
+            shorten(text.trim())
+        )));
+    }
     let event: EventIn = serde_json::from_str(text).map_err(describe_json_error)?;
 
     check_object_id(&event.object_id)?;
