@@ -11,23 +11,36 @@ use serde_json::Value;
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Herald's base URL
-    #[arg(
-        long,
-        env = "HERALD_URL",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070", global = true)]
     pub url: String,
+    #[command(flatten)]
+    pub rest: ClientRest,
+}
+
+/// The client flags of `herald endpoint`, whose `--url` is the endpoint's URL; there the
+/// server is given with `--server` (or `HERALD_URL`).
+#[derive(Args, Debug, Clone)]
+pub struct EndpointClientArgs {
+    /// Herald's base URL
+    #[arg(long = "server", env = "HERALD_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    pub server: String,
+    #[command(flatten)]
+    pub rest: ClientRest,
+}
+
+impl From<EndpointClientArgs> for ClientArgs {
+    fn from(args: EndpointClientArgs) -> ClientArgs {
+        ClientArgs { url: args.server, rest: args.rest }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientRest {
     /// API token; without one, the local data directory's initial token is used
     #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// Data directory to read the initial token from
-    #[arg(
-        long = "data-dir",
-        env = "HERALD_DATA_DIR",
-        default_value = "herald-data",
-        global = true
-    )]
+    #[arg(long = "data-dir", env = "HERALD_DATA_DIR", default_value = "herald-data", global = true)]
     pub data_dir: PathBuf,
     /// Print the API's JSON answer instead of a summary
     #[arg(long, global = true)]
@@ -52,15 +65,16 @@ pub struct ApiFailure {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        let token = match &args.token {
+        let rest = &args.rest;
+        let token = match &rest.token {
             Some(token) => token.clone(),
-            None => read_initial_token(&args.data_dir)?,
+            None => read_initial_token(&rest.data_dir)?,
         };
         Ok(Client {
             http: reqwest::Client::builder().build()?,
             base: args.url.trim_end_matches('/').to_string(),
             token,
-            json: args.json,
+            json: rest.json,
         })
     }
 

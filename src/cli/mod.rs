@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::clock::SystemClock;
 use crate::settings::{LogFormat, ServeArgs};
-use client::{ApiFailure, Client, ClientArgs};
+use client::{ApiFailure, Client, ClientArgs, EndpointClientArgs};
 
 /// Herald: a webhook server. Events in, signed webhooks out, retried and recorded.
 #[derive(Parser, Debug)]
@@ -37,7 +37,7 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
         #[command(flatten)]
-        client: ClientArgs,
+        client: EndpointClientArgs,
     },
     /// Report an event, as a host application would
     Emit {
@@ -203,7 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Listen(args) => listen::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Endpoint { command, client } => endpoint(command, &Client::new(&client)?).await,
+        Command::Endpoint { command, client } => endpoint(command, &Client::new(&client.into())?).await,
         Command::Emit { event, client } => emit(event, &Client::new(&client)?).await,
         Command::Deliveries { args, client } => deliveries(args, &Client::new(&client)?).await,
         Command::EventTypes { command, client } => {
