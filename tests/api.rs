@@ -30,7 +30,9 @@ async fn every_api_route_needs_a_valid_bearer_token() {
     ];
     for (method, path) in routes {
         for token in [None, Some("hrld_wrong"), Some("")] {
-            let mut request = server.http.request(method.clone(), format!("{}{path}", server.base));
+            let mut request = server
+                .http
+                .request(method.clone(), format!("{}{path}", server.base));
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -40,7 +42,12 @@ async fn every_api_route_needs_a_valid_bearer_token() {
             assert_eq!(body["code"], "unauthorized");
         }
     }
-    let health = server.http.get(format!("{}/healthz", server.base)).send().await.unwrap();
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -52,42 +59,101 @@ async fn endpoint_create_show_list_update_delete() {
         .api(Method::POST, "/api/v1/endpoints", Some(json!({"name": " CRM sync ", "url": receiver.url, "events": ["account.status", "account.created", "account.status"]})))
         .await;
     assert_eq!(status, 201, "{created}");
-    for field in ["id", "name", "url", "enabled", "events", "ordering", "created_at", "updated_at", "last_triggered_at"] {
-        assert!(created.get(field).is_some(), "endpoint has {field}: {created}");
+    for field in [
+        "id",
+        "name",
+        "url",
+        "enabled",
+        "events",
+        "ordering",
+        "created_at",
+        "updated_at",
+        "last_triggered_at",
+    ] {
+        assert!(
+            created.get(field).is_some(),
+            "endpoint has {field}: {created}"
+        );
     }
-    assert!(created.get("secret").is_none(), "the secret is shown only on request");
+    assert!(
+        created.get("secret").is_none(),
+        "the secret is shown only on request"
+    );
     assert_eq!(created["name"], "CRM sync");
-    assert_eq!(created["events"], json!(["account.created", "account.status"]));
+    assert_eq!(
+        created["events"],
+        json!(["account.created", "account.status"])
+    );
     assert_eq!(created["enabled"], true);
     assert_eq!(created["ordering"], "accepted");
-    assert_eq!(receiver.requests().iter().filter(|r| r.method == "HEAD").count(), 1);
+    assert_eq!(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.method == "HEAD")
+            .count(),
+        1
+    );
     let id = created["id"].as_str().unwrap();
 
-    assert_eq!(server.get(&format!("/api/v1/endpoints/{id}")).await, created);
+    assert_eq!(
+        server.get(&format!("/api/v1/endpoints/{id}")).await,
+        created
+    );
     let list = server.get("/api/v1/endpoints").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert_eq!(list["next_cursor"], Value::Null);
 
     let (status, updated) = server
-        .api(Method::PATCH, &format!("/api/v1/endpoints/{id}"), Some(json!({"name": "Billing", "events": [], "ordering": "per_object"})))
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/endpoints/{id}"),
+            Some(json!({"name": "Billing", "events": [], "ordering": "per_object"})),
+        )
         .await;
     assert_eq!(status, 200, "{updated}");
-    assert_eq!((updated["name"].clone(), updated["events"].clone(), updated["url"].clone()), (json!("Billing"), json!([]), created["url"].clone()));
+    assert_eq!(
+        (
+            updated["name"].clone(),
+            updated["events"].clone(),
+            updated["url"].clone()
+        ),
+        (json!("Billing"), json!([]), created["url"].clone())
+    );
     assert_eq!(updated["ordering"], "per_object");
 
-    let (status, _) = server.api(Method::DELETE, &format!("/api/v1/endpoints/{id}"), None).await;
+    let (status, _) = server
+        .api(Method::DELETE, &format!("/api/v1/endpoints/{id}"), None)
+        .await;
     assert_eq!(status, 204);
-    let (status, body) = server.api(Method::GET, &format!("/api/v1/endpoints/{id}"), None).await;
+    let (status, body) = server
+        .api(Method::GET, &format!("/api/v1/endpoints/{id}"), None)
+        .await;
     assert_eq!((status, body["code"].clone()), (404, json!("not_found")));
     assert!(body["detail"].as_str().unwrap().contains(id));
 }
 
 /// Sends one bad endpoint request and checks the status, code and a word of the detail.
-async fn refused(server: &TestServer, method: Method, path: &str, body: Value, status: u16, code: &str, names: &str) {
+async fn refused(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    body: Value,
+    status: u16,
+    code: &str,
+    names: &str,
+) {
     let (got, answer) = server.api(method, path, Some(body.clone())).await;
-    assert_eq!((got, answer["code"].as_str().unwrap_or("")), (status, code), "{body} -> {answer}");
+    assert_eq!(
+        (got, answer["code"].as_str().unwrap_or("")),
+        (status, code),
+        "{body} -> {answer}"
+    );
     let detail = answer["detail"].as_str().unwrap();
-    assert!(detail.contains(names), "detail {detail:?} should name {names:?}");
+    assert!(
+        detail.contains(names),
+        "detail {detail:?} should name {names:?}"
+    );
 }
 
 #[tokio::test]
@@ -99,18 +165,59 @@ async fn bad_endpoint_requests_are_refused_with_a_code_and_a_detail() {
         (json!({"url": url}), "missing_field", "name"),
         (json!({"name": "x"}), "missing_field", "url"),
         (json!({"name": "  ", "url": url}), "invalid_name", "empty"),
-        (json!({"name": "x".repeat(201), "url": url}), "invalid_name", "201"),
-        (json!({"name": "x", "url": "not a url"}), "invalid_url", "not a url"),
-        (json!({"name": "x", "url": "ftp://127.0.0.1/"}), "invalid_url", "ftp"),
-        (json!({"name": "x", "url": "http://user:pw@127.0.0.1/"}), "invalid_url", "password"),
-        (json!({"name": "x", "url": "http://169.254.169.254/latest"}), "blocked_destination", "169.254.169.254"),
-        (json!({"name": "x", "url": url, "events": ["acount.status"]}), "unknown_event_type", "account.status"),
-        (json!({"name": "x", "url": url, "ordering": "random"}), "invalid_ordering", "random"),
-        (json!({"name": "x", "url": url, "colour": "red"}), "invalid_field", "colour"),
+        (
+            json!({"name": "x".repeat(201), "url": url}),
+            "invalid_name",
+            "201",
+        ),
+        (
+            json!({"name": "x", "url": "not a url"}),
+            "invalid_url",
+            "not a url",
+        ),
+        (
+            json!({"name": "x", "url": "ftp://127.0.0.1/"}),
+            "invalid_url",
+            "ftp",
+        ),
+        (
+            json!({"name": "x", "url": "http://user:pw@127.0.0.1/"}),
+            "invalid_url",
+            "password",
+        ),
+        (
+            json!({"name": "x", "url": "http://169.254.169.254/latest"}),
+            "blocked_destination",
+            "169.254.169.254",
+        ),
+        (
+            json!({"name": "x", "url": url, "events": ["acount.status"]}),
+            "unknown_event_type",
+            "account.status",
+        ),
+        (
+            json!({"name": "x", "url": url, "ordering": "random"}),
+            "invalid_ordering",
+            "random",
+        ),
+        (
+            json!({"name": "x", "url": url, "colour": "red"}),
+            "invalid_field",
+            "colour",
+        ),
         (json!({"name": 5, "url": url}), "invalid_field", "name"),
     ];
     for (body, code, names) in cases {
-        refused(&server, Method::POST, "/api/v1/endpoints", body, 422, code, names).await;
+        refused(
+            &server,
+            Method::POST,
+            "/api/v1/endpoints",
+            body,
+            422,
+            code,
+            names,
+        )
+        .await;
     }
     let (status, answer) = server
         .http
@@ -123,8 +230,17 @@ async fn bad_endpoint_requests_are_refused_with_a_code_and_a_detail() {
         .map(|r| (r.status().as_u16(), r))
         .unwrap();
     assert_eq!(status, 400);
-    assert_eq!(answer.json::<Value>().await.unwrap()["code"], "malformed_json");
-    assert!(server.get("/api/v1/endpoints").await["data"].as_array().unwrap().is_empty(), "nothing was stored");
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["code"],
+        "malformed_json"
+    );
+    assert!(
+        server.get("/api/v1/endpoints").await["data"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
 }
 
 #[tokio::test]
@@ -133,19 +249,54 @@ async fn a_url_that_fails_the_head_check_is_refused_unless_verify_is_false() {
     let receiver = Receiver::start().await;
     receiver.set_head_status(405);
     let body = json!({"name": "x", "url": receiver.url, "events": []});
-    refused(&server, Method::POST, "/api/v1/endpoints", body, 422, "url_check_failed", "405").await;
+    refused(
+        &server,
+        Method::POST,
+        "/api/v1/endpoints",
+        body,
+        422,
+        "url_check_failed",
+        "405",
+    )
+    .await;
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://127.0.0.1:{}/", closed.local_addr().unwrap().port());
     drop(closed);
     let body = json!({"name": "x", "url": dead, "events": []});
-    refused(&server, Method::POST, "/api/v1/endpoints", body, 422, "url_check_failed", "connection_refused").await;
+    refused(
+        &server,
+        Method::POST,
+        "/api/v1/endpoints",
+        body,
+        422,
+        "url_check_failed",
+        "connection_refused",
+    )
+    .await;
 
-    let id = server.endpoint_with(json!({"name": "x", "url": dead, "verify": false})).await;
+    let id = server
+        .endpoint_with(json!({"name": "x", "url": dead, "verify": false}))
+        .await;
     // Changing the URL checks the new one; other changes do not.
     let patch = json!({"url": receiver.url});
-    refused(&server, Method::PATCH, &format!("/api/v1/endpoints/{id}"), patch, 422, "url_check_failed", "405").await;
-    let (status, _) = server.api(Method::PATCH, &format!("/api/v1/endpoints/{id}"), Some(json!({"name": "y"}))).await;
+    refused(
+        &server,
+        Method::PATCH,
+        &format!("/api/v1/endpoints/{id}"),
+        patch,
+        422,
+        "url_check_failed",
+        "405",
+    )
+    .await;
+    let (status, _) = server
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/endpoints/{id}"),
+            Some(json!({"name": "y"})),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -154,7 +305,9 @@ async fn events_are_accepted_with_one_delivery_per_enabled_subscribed_endpoint()
     let server = TestServer::start().await;
     let receiver = Receiver::start().await;
     server.endpoint(&receiver.url, &["account.status"]).await;
-    server.endpoint(&receiver.url, &["account.status", "invoice.paid"]).await;
+    server
+        .endpoint(&receiver.url, &["account.status", "invoice.paid"])
+        .await;
     server.endpoint(&receiver.url, &["invoice.paid"]).await;
     server.endpoint_with(json!({"name": "off", "url": receiver.url, "events": ["account.status"], "enabled": false, "verify": false})).await;
 
@@ -165,40 +318,99 @@ async fn events_are_accepted_with_one_delivery_per_enabled_subscribed_endpoint()
     assert_eq!(answer["deliveries"], 2);
     assert!(answer["id"].as_str().unwrap().starts_with("evt_"));
 
-    let (_, answer) = server.api(Method::POST, "/api/v1/events", Some(json!({"event": "account.created", "object_id": "a-1", "current": {}}))).await;
-    assert_eq!(answer["deliveries"], 0, "an event nobody subscribed to is accepted with no deliveries");
+    let (_, answer) = server
+        .api(
+            Method::POST,
+            "/api/v1/events",
+            Some(json!({"event": "account.created", "object_id": "a-1", "current": {}})),
+        )
+        .await;
+    assert_eq!(
+        answer["deliveries"], 0,
+        "an event nobody subscribed to is accepted with no deliveries"
+    );
 }
 
 async fn post_raw(server: &TestServer, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut request = server.http.post(format!("{}/api/v1/events", server.base)).bearer_auth(&server.token).body(body);
+    let mut request = server
+        .http
+        .post(format!("{}/api/v1/events", server.base))
+        .bearer_auth(&server.token)
+        .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
 async fn bad_events_get_a_4xx_naming_the_problem() {
     let server = TestServer::start().await;
-    let big = format!(r#"{{"event":"account.created","object_id":1,"current":{{"x":"{}"}}}}"#, "a".repeat(1024 * 1024));
+    let big = format!(
+        r#"{{"event":"account.created","object_id":1,"current":{{"x":"{}"}}}}"#,
+        "a".repeat(1024 * 1024)
+    );
     let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
         (b"{".to_vec(), 400, "malformed_json", "not valid JSON"),
         (b"\xff\xfe".to_vec(), 400, "malformed_json", "UTF-8"),
-        (b"[]".to_vec(), 422, "invalid_field", "must be a JSON object"),
-        (br#"{"object_id":1,"current":{}}"#.to_vec(), 422, "invalid_field", "event"),
-        (br#"{"event":"account.created","current":{}}"#.to_vec(), 422, "invalid_field", "object_id"),
-        (br#"{"event":"account.created","object_id":1}"#.to_vec(), 422, "invalid_field", "current"),
-        (br#"{"event":"account.created","object_id":true,"current":{}}"#.to_vec(), 422, "invalid_field", "object_id"),
-        (br#"{"event":"acount.created","object_id":1,"current":{}}"#.to_vec(), 422, "unknown_event_type", "account.created"),
+        (
+            b"[]".to_vec(),
+            422,
+            "invalid_field",
+            "must be a JSON object",
+        ),
+        (
+            br#"{"object_id":1,"current":{}}"#.to_vec(),
+            422,
+            "invalid_field",
+            "event",
+        ),
+        (
+            br#"{"event":"account.created","current":{}}"#.to_vec(),
+            422,
+            "invalid_field",
+            "object_id",
+        ),
+        (
+            br#"{"event":"account.created","object_id":1}"#.to_vec(),
+            422,
+            "invalid_field",
+            "current",
+        ),
+        (
+            br#"{"event":"account.created","object_id":true,"current":{}}"#.to_vec(),
+            422,
+            "invalid_field",
+            "object_id",
+        ),
+        (
+            br#"{"event":"acount.created","object_id":1,"current":{}}"#.to_vec(),
+            422,
+            "unknown_event_type",
+            "account.created",
+        ),
         (big.into_bytes(), 413, "payload_too_large", "1048576"),
     ];
     for (body, status, code, names) in cases {
         let (got, answer) = post_raw(&server, body, &[("content-type", "application/json")]).await;
-        assert_eq!((got, answer["code"].as_str().unwrap_or("")), (status, code), "{answer}");
-        assert!(answer["detail"].as_str().unwrap().contains(names), "{answer} should name {names}");
+        assert_eq!(
+            (got, answer["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{answer}"
+        );
+        assert!(
+            answer["detail"].as_str().unwrap().contains(names),
+            "{answer} should name {names}"
+        );
     }
-    assert!(server.get("/api/v1/deliveries").await["data"].as_array().unwrap().is_empty());
+    assert!(server.get("/api/v1/deliveries").await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -207,7 +419,10 @@ async fn an_idempotency_key_makes_a_repeated_event_a_no_op() {
     let receiver = Receiver::start().await;
     let endpoint = server.endpoint(&receiver.url, &["payment.created"]).await;
     let body = br#"{"event":"payment.created","object_id":7,"current":{"amount":10}}"#.to_vec();
-    let key = [("idempotency-key", "pay-7"), ("content-type", "application/json")];
+    let key = [
+        ("idempotency-key", "pay-7"),
+        ("content-type", "application/json"),
+    ];
 
     let (first_status, first) = post_raw(&server, body.clone(), &key).await;
     let (second_status, second) = post_raw(&server, body, &key).await;
@@ -220,27 +435,76 @@ async fn an_idempotency_key_makes_a_repeated_event_a_no_op() {
 
     let other = br#"{"event":"payment.created","object_id":8,"current":{}}"#.to_vec();
     let (status, answer) = post_raw(&server, other, &key).await;
-    assert_eq!((status, answer["code"].clone()), (422, json!("idempotency_key_reused")));
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (422, json!("idempotency_key_reused"))
+    );
 }
 
 #[tokio::test]
 async fn the_catalog_lists_the_default_types_and_takes_new_ones() {
     let server = TestServer::start().await;
     let catalog = server.get("/api/v1/event-types").await;
-    let names: Vec<&str> = catalog["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    for expected in ["account.created", "account.status", "account.service.add", "account.service.remove", "invoice.created", "ticket.deleted", "job.updated"] {
+    let names: Vec<&str> = catalog["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "account.created",
+        "account.status",
+        "account.service.add",
+        "account.service.remove",
+        "invoice.created",
+        "ticket.deleted",
+        "job.updated",
+    ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
 
-    let (status, created) = server.api(Method::POST, "/api/v1/event-types", Some(json!({"name": "account.suspended", "description": "suspended"}))).await;
+    let (status, created) = server
+        .api(
+            Method::POST,
+            "/api/v1/event-types",
+            Some(json!({"name": "account.suspended", "description": "suspended"})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
-    assert_eq!((created["trigger"].clone(), created["action"].clone()), (json!("account"), json!("suspended")));
-    let (status, answer) = server.api(Method::POST, "/api/v1/event-types", Some(json!({"name": "account.suspended"}))).await;
-    assert_eq!((status, answer["code"].clone()), (409, json!("already_exists")));
-    let (status, answer) = server.api(Method::POST, "/api/v1/event-types", Some(json!({"name": "Bad Name"}))).await;
-    assert_eq!((status, answer["code"].clone()), (422, json!("invalid_event_type")));
+    assert_eq!(
+        (created["trigger"].clone(), created["action"].clone()),
+        (json!("account"), json!("suspended"))
+    );
+    let (status, answer) = server
+        .api(
+            Method::POST,
+            "/api/v1/event-types",
+            Some(json!({"name": "account.suspended"})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (409, json!("already_exists"))
+    );
+    let (status, answer) = server
+        .api(
+            Method::POST,
+            "/api/v1/event-types",
+            Some(json!({"name": "Bad Name"})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (422, json!("invalid_event_type"))
+    );
 
-    let (status, _) = server.api(Method::POST, "/api/v1/events", Some(json!({"event": "account.suspended", "object_id": 1, "current": {}}))).await;
+    let (status, _) = server
+        .api(
+            Method::POST,
+            "/api/v1/events",
+            Some(json!({"event": "account.suspended", "object_id": 1, "current": {}})),
+        )
+        .await;
     assert_eq!(status, 202);
 }
 
@@ -249,53 +513,116 @@ async fn delivery_history_has_the_documented_shape_filters_and_pages() {
     let server = TestServer::start().await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::Status(500)]);
-    let endpoint = server.endpoint(&receiver.url, &["ticket.created", "ticket.closed"]).await;
+    let endpoint = server
+        .endpoint(&receiver.url, &["ticket.created", "ticket.closed"])
+        .await;
     server.emit("ticket.created", json!(1), json!({})).await;
     for n in 2..=5 {
         server.emit("ticket.closed", json!(n), json!({})).await;
     }
     receiver.wait_posts(5).await;
     common::eventually("all attempted", || async {
-        server.deliveries(&endpoint).await.iter().all(|d| d["attempt_count"] == 1)
+        server
+            .deliveries(&endpoint)
+            .await
+            .iter()
+            .all(|d| d["attempt_count"] == 1)
     })
     .await;
 
     let list = server.deliveries(&endpoint).await;
     assert_eq!(list.len(), 5);
     assert_eq!(list[0]["payload"]["object_id"], 5, "newest first");
-    for field in ["id", "event_id", "endpoint_id", "event", "status", "test", "payload", "created_at", "next_attempt_at"] {
+    for field in [
+        "id",
+        "event_id",
+        "endpoint_id",
+        "event",
+        "status",
+        "test",
+        "payload",
+        "created_at",
+        "next_attempt_at",
+    ] {
         assert!(list[0].get(field).is_some(), "delivery has {field}");
     }
-    assert!(list[0].get("attempts").is_none(), "attempts only in the single view");
+    assert!(
+        list[0].get("attempts").is_none(),
+        "attempts only in the single view"
+    );
 
-    let failed = server.get(&format!("/api/v1/endpoints/{endpoint}/deliveries?status=pending")).await;
+    let failed = server
+        .get(&format!(
+            "/api/v1/endpoints/{endpoint}/deliveries?status=pending"
+        ))
+        .await;
     assert_eq!(failed["data"].as_array().unwrap().len(), 1);
-    let closed = server.get(&format!("/api/v1/endpoints/{endpoint}/deliveries?event=ticket.closed")).await;
+    let closed = server
+        .get(&format!(
+            "/api/v1/endpoints/{endpoint}/deliveries?event=ticket.closed"
+        ))
+        .await;
     assert_eq!(closed["data"].as_array().unwrap().len(), 4);
 
     let mut seen = Vec::new();
     let mut path = format!("/api/v1/endpoints/{endpoint}/deliveries?limit=2");
     loop {
         let page = server.get(&path).await;
-        seen.extend(page["data"].as_array().unwrap().iter().map(|d| d["id"].clone()));
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].clone()),
+        );
         match page["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/api/v1/endpoints/{endpoint}/deliveries?limit=2&cursor={cursor}"),
+            Some(cursor) => {
+                path = format!("/api/v1/endpoints/{endpoint}/deliveries?limit=2&cursor={cursor}")
+            }
             None => break,
         }
     }
-    assert_eq!(seen, list.iter().map(|d| d["id"].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        list.iter().map(|d| d["id"].clone()).collect::<Vec<_>>()
+    );
 
-    let detail = server.get(&format!("/api/v1/deliveries/{}", list[4]["id"].as_str().unwrap())).await;
+    let detail = server
+        .get(&format!(
+            "/api/v1/deliveries/{}",
+            list[4]["id"].as_str().unwrap()
+        ))
+        .await;
     let attempt = &detail["attempts"][0];
-    for field in ["attempted_at", "duration_ms", "status_code", "response_headers", "response_body", "error"] {
+    for field in [
+        "attempted_at",
+        "duration_ms",
+        "status_code",
+        "response_headers",
+        "response_body",
+        "error",
+    ] {
         assert!(attempt.get(field).is_some(), "attempt has {field}");
     }
     assert_eq!(attempt["status_code"], 500);
-    assert_eq!(attempt["response_headers"]["content-type"], "application/json");
+    assert_eq!(
+        attempt["response_headers"]["content-type"],
+        "application/json"
+    );
 
     for bad in ["?status=lost", "?limit=0", "?limit=many"] {
-        let (status, answer) = server.api(Method::GET, &format!("/api/v1/endpoints/{endpoint}/deliveries{bad}"), None).await;
-        assert_eq!((status, answer["code"].clone()), (400, json!("invalid_query")), "{bad}");
+        let (status, answer) = server
+            .api(
+                Method::GET,
+                &format!("/api/v1/endpoints/{endpoint}/deliveries{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!("invalid_query")),
+            "{bad}"
+        );
     }
 }
 
@@ -304,22 +631,49 @@ async fn a_test_webhook_is_sent_at_once_and_marked_as_a_test() {
     let server = TestServer::start().await;
     let receiver = Receiver::start().await;
     let endpoint = server.endpoint(&receiver.url, &[]).await;
-    let (status, answer) = server.api(Method::POST, &format!("/api/v1/endpoints/{endpoint}/test"), None).await;
+    let (status, answer) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/test"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!((answer["success"].clone(), answer["status_code"].clone()), (json!(true), json!(200)));
+    assert_eq!(
+        (answer["success"].clone(), answer["status_code"].clone()),
+        (json!(true), json!(200))
+    );
     assert_eq!(answer["response_body"], "{\"ok\":true}");
     assert_eq!(receiver.posts()[0].json()["event"], "test");
 
     let history = server.deliveries(&endpoint).await;
-    assert_eq!((history[0]["test"].clone(), history[0]["status"].clone()), (json!(true), json!("succeeded")));
+    assert_eq!(
+        (history[0]["test"].clone(), history[0]["status"].clone()),
+        (json!(true), json!("succeeded"))
+    );
 
     receiver.set_default(Reply::Status(500));
-    let (_, answer) = server.api(Method::POST, &format!("/api/v1/endpoints/{endpoint}/test"), None).await;
-    assert_eq!((answer["success"].clone(), answer["status_code"].clone()), (json!(false), json!(500)));
+    let (_, answer) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/test"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (answer["success"].clone(), answer["status_code"].clone()),
+        (json!(false), json!(500))
+    );
     let history = server.deliveries(&endpoint).await;
-    assert_eq!(history[0]["status"], "failed", "a failed test is not retried");
+    assert_eq!(
+        history[0]["status"], "failed",
+        "a failed test is not retried"
+    );
     let alerts = server.get("/api/v1/alerts").await;
-    assert!(alerts["data"].as_array().unwrap().is_empty(), "a test does not raise alerts");
+    assert!(
+        alerts["data"].as_array().unwrap().is_empty(),
+        "a test does not raise alerts"
+    );
 }
 
 #[tokio::test]
@@ -327,17 +681,39 @@ async fn after_a_secret_rotation_both_secrets_sign_for_the_grace_period() {
     let server = TestServer::with_manual_clock().await;
     let receiver = Receiver::start().await;
     let endpoint = server.endpoint(&receiver.url, &["account.updated"]).await;
-    let old = server.get(&format!("/api/v1/endpoints/{endpoint}/secret")).await["key"].as_str().unwrap().to_string();
-    let (status, rotated) = server.api(Method::POST, &format!("/api/v1/endpoints/{endpoint}/secret/rotate"), None).await;
+    let old = server
+        .get(&format!("/api/v1/endpoints/{endpoint}/secret"))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, rotated) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/secret/rotate"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let new = rotated["key"].as_str().unwrap().to_string();
     assert_ne!(old, new);
-    assert_eq!(server.get(&format!("/api/v1/endpoints/{endpoint}/secret")).await["key"], json!(new));
+    assert_eq!(
+        server
+            .get(&format!("/api/v1/endpoints/{endpoint}/secret"))
+            .await["key"],
+        json!(new)
+    );
 
     server.emit("account.updated", json!(1), json!({})).await;
     let post = receiver.wait_posts(1).await.remove(0);
     let verifies = |secret: &str, p: &common::receiver::Received| {
-        herald::signing::verify(secret, p.header("webhook-id"), p.header("webhook-timestamp"), p.body.as_bytes(), p.header("webhook-signature"))
+        herald::signing::verify(
+            secret,
+            p.header("webhook-id"),
+            p.header("webhook-timestamp"),
+            p.body.as_bytes(),
+            p.header("webhook-signature"),
+        )
     };
     assert!(verifies(&old, &post) && verifies(&new, &post));
     assert_eq!(post.header("webhook-signature").split(' ').count(), 2);

@@ -211,7 +211,7 @@ async fn each_failure_has_its_own_error_kind() {
         (Reply::Hang, "timeout"),
         (Reply::HeadersThenStall, "timeout"),
         (Reply::StreamForever, "timeout"),
-        (Reply::ResetMidReply, "connection_reset"),
+        (Reply::CloseMidway, "connection_reset"),
         (Reply::Status(500), "http_status"),
         (
             Reply::WithHeaders(

@@ -16,7 +16,11 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `herald serve` process on a data directory that outlives it.
@@ -27,7 +31,11 @@ struct Process {
 
 impl Process {
     fn start(data: &Path, port: u16) -> Process {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("serve.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--retry-interval", "1s", "--attempt-timeout", "5s"])
             .env("HERALD_DEV", "1")
@@ -40,14 +48,20 @@ impl Process {
         let base = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "herald did not listen");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "herald did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Process { child, base }
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -71,11 +85,26 @@ impl Drop for Process {
 }
 
 fn token(data: &Path) -> String {
-    std::fs::read_to_string(data.join("initial-admin-token")).unwrap().trim().to_string()
+    std::fs::read_to_string(data.join("initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
-async fn call(http: &reqwest::Client, base: &str, token: &str, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-    let response = http.request(method, format!("{base}{path}")).bearer_auth(token).json(&body).send().await;
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await;
     match response {
         Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(_) => (0, Value::Null),
@@ -93,7 +122,15 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
     let endpoints = 4;
     for n in 0..endpoints {
         let body = json!({"name": format!("e{n}"), "url": format!("{}/{n}", receiver.url), "events": ["account.updated"], "verify": false});
-        let (status, _) = call(&http, &herald.base, &token, reqwest::Method::POST, "/api/v1/endpoints", body).await;
+        let (status, _) = call(
+            &http,
+            &herald.base,
+            &token,
+            reqwest::Method::POST,
+            "/api/v1/endpoints",
+            body,
+        )
+        .await;
         assert_eq!(status, 201);
     }
 
@@ -101,7 +138,12 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
     let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut clients = Vec::new();
     for client in 0..16 {
-        let (http, base, token, acknowledged) = (http.clone(), herald.base.clone(), token.clone(), acknowledged.clone());
+        let (http, base, token, acknowledged) = (
+            http.clone(),
+            herald.base.clone(),
+            token.clone(),
+            acknowledged.clone(),
+        );
         clients.push(tokio::spawn(async move {
             for n in 0..200 {
                 let body = json!({"event": "account.updated", "object_id": client * 1000 + n, "current": {}});
@@ -123,7 +165,10 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     let before_restart = receiver.posts().len();
-    assert!(acknowledged.len() * endpoints > before_restart, "the kill came while deliveries were pending");
+    assert!(
+        acknowledged.len() * endpoints > before_restart,
+        "the kill came while deliveries were pending"
+    );
 
     let _herald = Process::start(data.path(), port);
     let expected = acknowledged.len() * endpoints;
@@ -131,7 +176,9 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
     loop {
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for post in receiver.posts() {
-            *seen.entry((post.path.clone(), post.header("webhook-id").to_string())).or_default() += 1;
+            *seen
+                .entry((post.path.clone(), post.header("webhook-id").to_string()))
+                .or_default() += 1;
         }
         let missing = acknowledged
             .iter()
@@ -140,10 +187,16 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
             .count();
         if missing == 0 {
             let duplicates: usize = seen.values().map(|n| n - 1).sum();
-            assert!(duplicates <= endpoints, "{duplicates} duplicates; at most one attempt per endpoint was in flight");
+            assert!(
+                duplicates <= endpoints,
+                "{duplicates} duplicates; at most one attempt per endpoint was in flight"
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{missing} of {expected} deliveries never arrived");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{missing} of {expected} deliveries never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -156,38 +209,97 @@ async fn sigterm_lets_the_attempt_in_flight_finish_and_loses_nothing() {
     let token = token(data.path());
     let http = reqwest::Client::new();
     let receiver = Receiver::answering(Reply::Delayed(Duration::from_millis(800), 200)).await;
-    let body = json!({"name": "slow", "url": receiver.url, "events": ["job.created"], "verify": false});
-    call(&http, &herald.base, &token, reqwest::Method::POST, "/api/v1/endpoints", body).await;
+    let body =
+        json!({"name": "slow", "url": receiver.url, "events": ["job.created"], "verify": false});
+    call(
+        &http,
+        &herald.base,
+        &token,
+        reqwest::Method::POST,
+        "/api/v1/endpoints",
+        body,
+    )
+    .await;
     for n in 0..3 {
         let event = json!({"event": "job.created", "object_id": n, "current": {}});
-        let (status, _) = call(&http, &herald.base, &token, reqwest::Method::POST, "/api/v1/events", event).await;
+        let (status, _) = call(
+            &http,
+            &herald.base,
+            &token,
+            reqwest::Method::POST,
+            "/api/v1/events",
+            event,
+        )
+        .await;
         assert_eq!(status, 202);
     }
     receiver.wait_posts(1).await;
 
     herald.signal("-TERM");
-    assert!(herald.wait_exit(Duration::from_secs(7)), "herald stops within the attempt timeout");
-    assert_eq!(receiver.posts().len(), 1, "no new attempt starts after SIGTERM");
+    assert!(
+        herald.wait_exit(Duration::from_secs(7)),
+        "herald stops within the attempt timeout"
+    );
+    assert_eq!(
+        receiver.posts().len(),
+        1,
+        "no new attempt starts after SIGTERM"
+    );
 
     let herald = Process::start(data.path(), port);
     receiver.wait_posts(3).await;
-    let (_, list) = call(&http, &herald.base, &token, reqwest::Method::GET, "/api/v1/deliveries", Value::Null).await;
+    let (_, list) = call(
+        &http,
+        &herald.base,
+        &token,
+        reqwest::Method::GET,
+        "/api/v1/deliveries",
+        Value::Null,
+    )
+    .await;
     common::eventually("all succeeded", || {
         let (http, base, token) = (http.clone(), herald.base.clone(), token.clone());
         async move {
-            let (_, list) = call(&http, &base, &token, reqwest::Method::GET, "/api/v1/deliveries", Value::Null).await;
-            list["data"].as_array().unwrap().iter().all(|d| d["status"] == "succeeded")
+            let (_, list) = call(
+                &http,
+                &base,
+                &token,
+                reqwest::Method::GET,
+                "/api/v1/deliveries",
+                Value::Null,
+            )
+            .await;
+            list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "succeeded")
         }
     })
     .await;
     assert_eq!(list["data"].as_array().unwrap().len(), 3);
-    let ids: std::collections::HashSet<String> = receiver.posts().iter().map(|p| p.header("webhook-id").to_string()).collect();
-    assert_eq!((ids.len(), receiver.posts().len()), (3, 3), "the finished attempt was recorded, so none is sent twice");
+    let ids: std::collections::HashSet<String> = receiver
+        .posts()
+        .iter()
+        .map(|p| p.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(
+        (ids.len(), receiver.posts().len()),
+        (3, 3),
+        "the finished attempt was recorded, so none is sent twice"
+    );
 }
 
 fn cli(data: &Path, base: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN).args(args).env("HERALD_URL", base).env("HERALD_DATA_DIR", data).env_remove("HERALD_TOKEN").output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let output = Command::new(BIN)
+        .args(args)
+        .env("HERALD_URL", base)
+        .env("HERALD_DATA_DIR", data)
+        .env_remove("HERALD_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
 }
 
@@ -198,19 +310,58 @@ async fn the_quick_start_works_from_the_command_line() {
     let herald = Process::start(data.path(), port);
     let listen_port = free_port();
 
-    let mut listener = Command::new(BIN).args(["listen", "--port", &listen_port.to_string()]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut listener = Command::new(BIN)
+        .args(["listen", "--port", &listen_port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let lines = BufReader::new(listener.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || lines.lines().map_while(Result::ok).for_each(|l| { let _ = tx.send(l); }));
+    std::thread::spawn(move || {
+        lines.lines().map_while(Result::ok).for_each(|l| {
+            let _ = tx.send(l);
+        })
+    });
     while std::net::TcpStream::connect(("127.0.0.1", listen_port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
     let url = format!("http://127.0.0.1:{listen_port}/hook");
-    let (ok, out) = cli(data.path(), &herald.base, &["endpoint", "create", "--name", "CRM sync", "--url", &url, "--event", "account.created", "--event", "account.status"]);
+    let (ok, out) = cli(
+        data.path(),
+        &herald.base,
+        &[
+            "endpoint",
+            "create",
+            "--name",
+            "CRM sync",
+            "--url",
+            &url,
+            "--event",
+            "account.created",
+            "--event",
+            "account.status",
+        ],
+    );
     assert!(ok, "{out}");
-    let id = out.lines().find_map(|l| l.strip_prefix("id:")).unwrap().trim().to_string();
-    let (ok, out) = cli(data.path(), &herald.base, &["emit", "account.status", "--object-id", "42", "--current", r#"{"status":"active"}"#]);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (ok, out) = cli(
+        data.path(),
+        &herald.base,
+        &[
+            "emit",
+            "account.status",
+            "--object-id",
+            "42",
+            "--current",
+            r#"{"status":"active"}"#,
+        ],
+    );
     assert!(ok && out.contains("1 deliveries"), "{out}");
 
     let mut printed = String::new();
@@ -225,27 +376,50 @@ async fn the_quick_start_works_from_the_command_line() {
     assert!(printed.contains("webhook-signature: v1,"), "{printed}");
     assert!(printed.contains("\"created_at\""), "{printed}");
 
-    let (ok, out) = cli(data.path(), &herald.base, &["deliveries", "--endpoint", &id]);
-    assert!(ok && out.contains("succeeded") && out.contains("account.status"), "{out}");
+    let (ok, out) = cli(
+        data.path(),
+        &herald.base,
+        &["deliveries", "--endpoint", &id],
+    );
+    assert!(
+        ok && out.contains("succeeded") && out.contains("account.status"),
+        "{out}"
+    );
     let (ok, out) = cli(data.path(), &herald.base, &["endpoint", "test", &id]);
-    assert!(ok && out.contains("success: true") && out.contains("status:  200"), "{out}");
-    let (ok, out) = cli(data.path(), &herald.base, &["emit", "acount.status", "--object-id", "1"]);
-    assert!(!ok && out.contains("unknown_event_type") && out.contains("account.status"), "{out}");
+    assert!(
+        ok && out.contains("success: true") && out.contains("status:  200"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        data.path(),
+        &herald.base,
+        &["emit", "acount.status", "--object-id", "1"],
+    );
+    assert!(
+        !ok && out.contains("unknown_event_type") && out.contains("account.status"),
+        "{out}"
+    );
     let _ = listener.kill();
+    let _ = listener.wait();
 }
 
 #[test]
 fn herald_listen_verifies_signatures_with_the_given_secret() {
     let secret = herald::signing::new_secret();
     let port = free_port();
-    let mut listener = Command::new(BIN).args(["listen", "--port", &port.to_string(), "--secret", &secret]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut listener = Command::new(BIN)
+        .args(["listen", "--port", &port.to_string(), "--secret", &secret])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let body = r#"{"event":"account.created","object_id":1,"current":{}}"#;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for signing_secret in [secret.clone(), herald::signing::new_secret()] {
-        let signature = herald::signing::sign(&signing_secret, "evt_1", 100, body.as_bytes()).unwrap();
+        let signature =
+            herald::signing::sign(&signing_secret, "evt_1", 100, body.as_bytes()).unwrap();
         runtime.block_on(async {
             let response = reqwest::Client::new()
                 .post(format!("http://127.0.0.1:{port}/hook"))
@@ -259,9 +433,16 @@ fn herald_listen_verifies_signatures_with_the_given_secret() {
             assert_eq!(response.status(), 200);
         });
     }
-    let head = runtime.block_on(reqwest::Client::new().head(format!("http://127.0.0.1:{port}/hook")).send()).unwrap();
+    let head = runtime
+        .block_on(
+            reqwest::Client::new()
+                .head(format!("http://127.0.0.1:{port}/hook"))
+                .send(),
+        )
+        .unwrap();
     assert_eq!(head.status(), 200);
     listener.kill().unwrap();
+    listener.wait().unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut listener.stdout.take().unwrap(), &mut out).unwrap();
     assert_eq!(out.matches("signature: verified").count(), 1, "{out}");

@@ -71,13 +71,13 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
             StoreError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+            StoreError::Unavailable(cause) => {
+                error!(cause = %cause, "database unavailable");
+                unavailable()
+            }
             StoreError::Database(cause) if is_unavailable(&cause) => {
                 error!(cause = %cause, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the database is unavailable; nothing was stored, try again",
-                )
+                unavailable()
             }
             other => {
                 error!(cause = %other, "request failed inside the store");
@@ -89,6 +89,14 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the database is unavailable; nothing was stored, try again",
+    )
 }
 
 fn is_unavailable(err: &sqlx::Error) -> bool {

@@ -11,7 +11,12 @@ use serde_json::Value;
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Herald's base URL
-    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub url: String,
     #[command(flatten)]
     pub rest: ClientRest,
@@ -22,7 +27,12 @@ pub struct ClientArgs {
 #[derive(Args, Debug, Clone)]
 pub struct EndpointClientArgs {
     /// Herald's base URL
-    #[arg(long = "server", env = "HERALD_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long = "server",
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub server: String,
     #[command(flatten)]
     pub rest: ClientRest,
@@ -30,7 +40,10 @@ pub struct EndpointClientArgs {
 
 impl From<EndpointClientArgs> for ClientArgs {
     fn from(args: EndpointClientArgs) -> ClientArgs {
-        ClientArgs { url: args.server, rest: args.rest }
+        ClientArgs {
+            url: args.server,
+            rest: args.rest,
+        }
     }
 }
 
@@ -40,7 +53,12 @@ pub struct ClientRest {
     #[arg(long, env = "HERALD_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// Data directory to read the initial token from
-    #[arg(long = "data-dir", env = "HERALD_DATA_DIR", default_value = "herald-data", global = true)]
+    #[arg(
+        long = "data-dir",
+        env = "HERALD_DATA_DIR",
+        default_value = "herald-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Print the API's JSON answer instead of a summary
     #[arg(long, global = true)]

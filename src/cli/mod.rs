@@ -203,7 +203,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Listen(args) => listen::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Endpoint { command, client } => endpoint(command, &Client::new(&client.into())?).await,
+        Command::Endpoint { command, client } => {
+            endpoint(command, &Client::new(&client.into())?).await
+        }
         Command::Emit { event, client } => emit(event, &Client::new(&client)?).await,
         Command::Deliveries { args, client } => deliveries(args, &Client::new(&client)?).await,
         Command::EventTypes { command, client } => {

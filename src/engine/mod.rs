@@ -28,7 +28,7 @@ use crate::model::{AfterAttempt, Attempt, Delivery, NewEvent};
 use crate::payload::{format_time, hex_sha256};
 use crate::settings::{DeliverySettings, RetrySchedule};
 use crate::signing;
-use crate::store::{Claimed, Store, StoreError};
+use crate::store::{ClaimRequest, Claimed, Recorded, Store, StoreError};
 use egress::EgressPolicy;
 
 /// The longest wait between two looks at the store when nothing wakes the scheduler;
@@ -187,19 +187,36 @@ impl Engine {
         endpoint_id: &str,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
-        while !cancel.is_cancelled() {
-            let now = self.clock.now();
-            let lease_until = now + chrono_duration(self.settings.attempt_timeout + LEASE_MARGIN);
-            let Some(claimed) = self.store.claim_next(endpoint_id, now, lease_until).await? else {
-                return Ok(());
-            };
-            self.deliver(&claimed).await?;
+        let mut next = self
+            .store
+            .claim_next(self.claim_request(endpoint_id))
+            .await?;
+        while let Some(claimed) = next {
+            next = self
+                .deliver(&claimed, Some((endpoint_id, cancel)))
+                .await?
+                .1
+                .next;
         }
         Ok(())
     }
 
-    /// Attempts a claimed delivery and records the outcome.
-    async fn deliver(&self, claimed: &Claimed) -> Result<Attempt, StoreError> {
+    fn claim_request(&self, endpoint_id: &str) -> ClaimRequest {
+        let now = self.clock.now();
+        ClaimRequest {
+            endpoint_id: endpoint_id.to_string(),
+            now,
+            lease_until: now + chrono_duration(self.settings.attempt_timeout + LEASE_MARGIN),
+        }
+    }
+
+    /// Attempts a claimed delivery and records the outcome. For a lane that is not
+    /// shutting down, the endpoint's next due delivery is claimed in the same transaction.
+    async fn deliver(
+        &self,
+        claimed: &Claimed,
+        lane: Option<(&str, &CancellationToken)>,
+    ) -> Result<(Attempt, Recorded), StoreError> {
         let span = tracing::info_span!(
             "attempt",
             delivery_id = %claimed.delivery.id,
@@ -212,9 +229,15 @@ impl Engine {
             if attempt.status_code == Some(410) && !claimed.delivery.test {
                 self.disable_gone(claimed, &attempt).await?;
             }
-            let recorded = self.store.record_attempt(claimed, &attempt, after).await?;
-            log_outcome(&attempt, after, recorded);
-            Ok(attempt)
+            let next = lane
+                .filter(|(_, cancel)| !cancel.is_cancelled())
+                .map(|(endpoint_id, _)| self.claim_request(endpoint_id));
+            let recorded = self
+                .store
+                .record_attempt(claimed, &attempt, after, next)
+                .await?;
+            log_outcome(&attempt, after, recorded.stored);
+            Ok((attempt, recorded))
         }
         .instrument(span)
         .await
@@ -331,7 +354,7 @@ impl Engine {
             .store
             .insert_test_delivery(&event, endpoint_id, lease_until)
             .await?;
-        let attempt = self.deliver(&claimed).await?;
+        let (attempt, _) = self.deliver(&claimed, None).await?;
         Ok((claimed.delivery, attempt))
     }
 

@@ -30,6 +30,8 @@ pub enum StoreError {
     AlreadyExists,
     #[error("an attempt is in flight")]
     InFlight,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -69,6 +71,22 @@ pub struct Claimed {
     pub seq: i64,
     pub delivery: Delivery,
     pub endpoint: Endpoint,
+}
+
+/// A lane's request for its endpoint's next due delivery.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub endpoint_id: String,
+    pub now: Timestamp,
+    pub lease_until: Timestamp,
+}
+
+/// What recording an attempt did, and the next claim made in the same transaction.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// False when the delivery no longer exists (its endpoint was deleted meanwhile).
+    pub stored: bool,
+    pub next: Option<Claimed>,
 }
 
 /// The health of an endpoint, for lists and the console.
@@ -169,21 +187,18 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest future time at which a delivery becomes due or a lease runs out.
     async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>>;
     /// Claims the endpoint's first due delivery in accepted order (or per-object order)
-    /// with a lease that keeps other workers off it until `lease_until`.
-    async fn claim_next(
-        &self,
-        endpoint_id: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-    ) -> StoreResult<Option<Claimed>>;
-    /// Records an attempt and the delivery's new state, releasing its lease. Returns
-    /// false when the delivery no longer exists (its endpoint was deleted meanwhile).
+    /// with a lease that keeps other workers off it until `lease_until`. Nothing is
+    /// claimed for a disabled or deleted endpoint.
+    async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>>;
+    /// Records an attempt and the delivery's new state, releasing its lease, and makes
+    /// the lane's next claim in the same transaction.
     async fn record_attempt(
         &self,
         claimed: &Claimed,
         attempt: &Attempt,
         after: AfterAttempt,
-    ) -> StoreResult<bool>;
+        then_claim: Option<ClaimRequest>,
+    ) -> StoreResult<Recorded>;
     /// Releases every lease; only for a store that a single process owns.
     async fn release_all_leases(&self) -> StoreResult<u64>;
 

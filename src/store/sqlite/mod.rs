@@ -12,7 +12,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
+
+mod writer;
 
 use super::*;
 use crate::catalog;
@@ -22,6 +24,7 @@ use crate::model::{AlertKind, Ordering};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    writer_queue: writer::WriterQueue,
 }
 
 fn micros(at: Timestamp) -> i64 {
@@ -53,7 +56,12 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let writer_queue = writer::WriterQueue::start(writer.clone());
+        Ok(SqliteStore {
+            writer,
+            reader,
+            writer_queue,
+        })
     }
 }
 
@@ -137,13 +145,13 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRecord {
 }
 
 async fn replace_subscriptions(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     endpoint_id: &str,
     events: &[String],
 ) -> StoreResult<()> {
     sqlx::query("DELETE FROM endpoint_events WHERE endpoint_id = ?")
         .bind(endpoint_id)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     for event_type in events {
         sqlx::query(
@@ -151,14 +159,14 @@ async fn replace_subscriptions(
         )
         .bind(event_type)
         .bind(endpoint_id)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
 async fn insert_event_row(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     event: &NewEvent,
     delivery_count: i64,
 ) -> StoreResult<()> {
@@ -174,13 +182,13 @@ async fn insert_event_row(
     .bind(&event.idempotency_key)
     .bind(&event.request_hash)
     .bind(delivery_count)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 async fn insert_delivery_row(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     event: &NewEvent,
     endpoint_id: &str,
     test: bool,
@@ -200,13 +208,13 @@ async fn insert_delivery_row(
     .bind(micros(event.created_at))
     .bind(micros(event.created_at))
     .bind(lease_until.map(micros))
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(seq)
 }
 
 async fn replay_idempotent(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     event: &NewEvent,
 ) -> StoreResult<Option<Accepted>> {
     let Some(key) = &event.idempotency_key else {
@@ -216,7 +224,7 @@ async fn replay_idempotent(
         "SELECT id, request_hash, delivery_count FROM events WHERE idempotency_key = ?",
     )
     .bind(key)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
         return Ok(None);
@@ -233,7 +241,7 @@ async fn replay_idempotent(
 
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     claimed: &Claimed,
     attempt: &Attempt,
     after: AfterAttempt,
@@ -245,10 +253,10 @@ async fn track_outage(
             "DELETE FROM endpoint_outages WHERE endpoint_id = ? RETURNING alerted_at",
         )
         .bind(endpoint_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
         if let Some(Some(_)) = alerted {
-            insert_alert(tx, AlertKind::EndpointRecovered, claimed, attempt).await?;
+            insert_alert(conn, AlertKind::EndpointRecovered, claimed, attempt).await?;
         }
         return Ok(());
     }
@@ -261,7 +269,7 @@ async fn track_outage(
     .bind(endpoint_id)
     .bind(at)
     .bind(&last_error)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     if after != AfterAttempt::Failed {
         return Ok(());
@@ -271,11 +279,11 @@ async fn track_outage(
     )
     .bind(at)
     .bind(endpoint_id)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     if newly_alerted == 1 {
-        insert_alert(tx, AlertKind::EndpointFailing, claimed, attempt).await?;
+        insert_alert(conn, AlertKind::EndpointFailing, claimed, attempt).await?;
     }
     Ok(())
 }
@@ -289,7 +297,7 @@ fn describe_failure(attempt: &Attempt) -> String {
 }
 
 async fn insert_alert(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     kind: AlertKind,
     claimed: &Claimed,
     attempt: &Attempt,
@@ -300,12 +308,12 @@ async fn insert_alert(
          FROM deliveries WHERE endpoint_id = ?",
     )
     .bind(&endpoint.id)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
     let failing_since: Option<i64> =
         sqlx::query_scalar("SELECT failing_since FROM endpoint_outages WHERE endpoint_id = ?")
             .bind(&endpoint.id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await?;
     let detail = serde_json::json!({
         "endpoint_name": endpoint.name,
@@ -325,9 +333,148 @@ async fn insert_alert(
     .bind(&endpoint.id)
     .bind(micros(attempt.attempted_at))
     .bind(detail.to_string())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Stores an event and its deliveries on a connection inside a transaction.
+async fn insert_event_in(conn: &mut SqliteConnection, event: &NewEvent) -> StoreResult<Accepted> {
+    if let Some(earlier) = replay_idempotent(conn, event).await? {
+        return Ok(earlier);
+    }
+    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM event_types WHERE name = ?")
+        .bind(&event.event_type)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if known.is_none() {
+        return Err(StoreError::UnknownEventType);
+    }
+
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT s.endpoint_id FROM endpoint_events s JOIN endpoints e ON e.id = s.endpoint_id \
+         WHERE s.event_type = ? AND e.enabled ORDER BY s.endpoint_id",
+    )
+    .bind(&event.event_type)
+    .fetch_all(&mut *conn)
+    .await?;
+    insert_event_row(conn, event, endpoints.len() as i64).await?;
+    for endpoint_id in &endpoints {
+        insert_delivery_row(conn, event, endpoint_id, false, None).await?;
+    }
+    Ok(Accepted {
+        event_id: event.id.clone(),
+        deliveries: endpoints.len() as i64,
+        replayed: false,
+    })
+}
+
+async fn endpoint_in(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option<Endpoint>> {
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints e WHERE e.id = ?");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(endpoint_from_row))
+}
+
+/// Claims the endpoint's next due delivery on a connection inside a transaction.
+async fn claim_in(
+    conn: &mut SqliteConnection,
+    request: &ClaimRequest,
+) -> StoreResult<Option<Claimed>> {
+    let Some(endpoint) = endpoint_in(conn, &request.endpoint_id).await? else {
+        return Ok(None);
+    };
+    if !endpoint.enabled {
+        return Ok(None);
+    }
+    let per_object = endpoint.ordering == Ordering::PerObject;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET lease_until = ?3 WHERE seq = ( \
+           SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
+           AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
+           AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
+             AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
+           ORDER BY d.seq LIMIT 1) RETURNING seq",
+    )
+    .bind(&request.endpoint_id)
+    .bind(micros(request.now))
+    .bind(micros(request.lease_until))
+    .bind(per_object)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
+         WHERE d.seq = ?"
+    );
+    let row = sqlx::query(&sql).bind(seq).fetch_one(&mut *conn).await?;
+    Ok(Some(Claimed {
+        seq,
+        delivery: delivery_from_row(&row),
+        endpoint,
+    }))
+}
+
+/// Records an attempt on a connection inside a transaction; false when the delivery is gone.
+async fn record_in(
+    conn: &mut SqliteConnection,
+    claimed: &Claimed,
+    attempt: &Attempt,
+    after: AfterAttempt,
+) -> StoreResult<bool> {
+    let (status, next) = match after {
+        AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
+        AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
+        AfterAttempt::Failed => (DeliveryStatus::Failed, None),
+    };
+    let at = micros(attempt.attempted_at);
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, \
+         first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, \
+         attempt_count = attempt_count + 1 WHERE seq = ?",
+    )
+    .bind(status.as_str())
+    .bind(next)
+    .bind(at)
+    .bind(at)
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+
+    let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
+    sqlx::query(
+        "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
+         response_headers, response_body, response_truncated, error_kind, error) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(claimed.seq)
+    .bind(at)
+    .bind(attempt.duration_ms)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(headers)
+    .bind(&attempt.response_body)
+    .bind(attempt.response_truncated)
+    .bind(attempt.error_kind.map(|k| k.as_str()))
+    .bind(&attempt.error)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
+        .bind(at)
+        .bind(&claimed.endpoint.id)
+        .execute(&mut *conn)
+        .await?;
+    if !claimed.delivery.test {
+        track_outage(conn, claimed, attempt, after).await?;
+    }
+    Ok(true)
 }
 
 fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
@@ -606,36 +753,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_event(&self, event: &NewEvent) -> StoreResult<Accepted> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(earlier) = replay_idempotent(&mut tx, event).await? {
-            return Ok(earlier);
-        }
-        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM event_types WHERE name = ?")
-            .bind(&event.event_type)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
-            return Err(StoreError::UnknownEventType);
-        }
-
-        let endpoints: Vec<String> = sqlx::query_scalar(
-            "SELECT s.endpoint_id FROM endpoint_events s JOIN endpoints e ON e.id = s.endpoint_id \
-             WHERE s.event_type = ? AND e.enabled ORDER BY s.endpoint_id",
-        )
-        .bind(&event.event_type)
-        .fetch_all(&mut *tx)
-        .await?;
-        insert_event_row(&mut tx, event, endpoints.len() as i64).await?;
-        for endpoint_id in &endpoints {
-            insert_delivery_row(&mut tx, event, endpoint_id, false, None).await?;
-        }
-        tx.commit().await?;
-
-        Ok(Accepted {
-            event_id: event.id.clone(),
-            deliveries: endpoints.len() as i64,
-            replayed: false,
-        })
+        self.writer_queue.insert_event(event.clone()).await
     }
 
     async fn insert_test_delivery(
@@ -794,45 +912,8 @@ impl Store for SqliteStore {
         Ok(next.map(from_micros))
     }
 
-    async fn claim_next(
-        &self,
-        endpoint_id: &str,
-        now: Timestamp,
-        lease_until: Timestamp,
-    ) -> StoreResult<Option<Claimed>> {
-        let endpoint = match self.get_endpoint(endpoint_id).await {
-            Ok(endpoint) if endpoint.enabled => endpoint,
-            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let per_object = endpoint.ordering == Ordering::PerObject;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_until = ?3 WHERE seq = ( \
-               SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
-               AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
-               AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
-                 AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
-               ORDER BY d.seq LIMIT 1) RETURNING seq",
-        )
-        .bind(endpoint_id)
-        .bind(micros(now))
-        .bind(micros(lease_until))
-        .bind(per_object)
-        .fetch_optional(&self.writer)
-        .await?;
-        let Some(seq) = seq else {
-            return Ok(None);
-        };
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-             WHERE d.seq = ?"
-        );
-        let row = sqlx::query(&sql).bind(seq).fetch_one(&self.writer).await?;
-        Ok(Some(Claimed {
-            seq,
-            delivery: delivery_from_row(&row),
-            endpoint,
-        }))
+    async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
+        self.writer_queue.claim(request).await
     }
 
     async fn record_attempt(
@@ -840,58 +921,11 @@ impl Store for SqliteStore {
         claimed: &Claimed,
         attempt: &Attempt,
         after: AfterAttempt,
-    ) -> StoreResult<bool> {
-        let (status, next) = match after {
-            AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
-            AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
-            AfterAttempt::Failed => (DeliveryStatus::Failed, None),
-        };
-        let at = micros(attempt.attempted_at);
-        let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, \
-             first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, \
-             attempt_count = attempt_count + 1 WHERE seq = ?",
-        )
-        .bind(status.as_str())
-        .bind(next)
-        .bind(at)
-        .bind(at)
-        .bind(claimed.seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(false);
-        }
-
-        let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
-        sqlx::query(
-            "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
-             response_headers, response_body, response_truncated, error_kind, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(claimed.seq)
-        .bind(at)
-        .bind(attempt.duration_ms)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(headers)
-        .bind(&attempt.response_body)
-        .bind(attempt.response_truncated)
-        .bind(attempt.error_kind.map(|k| k.as_str()))
-        .bind(&attempt.error)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
-            .bind(at)
-            .bind(&claimed.endpoint.id)
-            .execute(&mut *tx)
-            .await?;
-        if !claimed.delivery.test {
-            track_outage(&mut tx, claimed, attempt, after).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        then_claim: Option<ClaimRequest>,
+    ) -> StoreResult<Recorded> {
+        self.writer_queue
+            .record(claimed.clone(), attempt.clone(), after, then_claim)
+            .await
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
