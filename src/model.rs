@@ -111,7 +111,8 @@ pub struct NewEvent {
     pub event_type: String,
     pub object_key: String,
     pub body: String,
-    pub created_at: Timestamp,
+    /// When Herald accepted the event; the body's `created_at` may be the host's own.
+    pub accepted_at: Timestamp,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
 }

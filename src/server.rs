@@ -107,7 +107,7 @@ impl Server {
 }
 
 /// One process owns an SQLite data directory; a second would corrupt the queue's leases.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join("herald.lock");
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     file.try_lock().map_err(|_| {
@@ -119,7 +119,8 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store and brings its schema up to date.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(url) = &settings.database_url {
         anyhow::bail!(
             "database URL '{}' is not supported yet; only the embedded SQLite store is",
@@ -152,24 +153,33 @@ async fn create_initial_token(
     settings: &Settings,
     clock: &SharedClock,
 ) -> anyhow::Result<()> {
+    // The token reaches the disk before it is stored, so a crash in between never leaves
+    // a stored token that nobody can read; the file takes its final name only once the
+    // token is stored.
     let token = new_token();
-    let created = store
-        .ensure_initial_admin(&api::token_hash(&token), clock.now())
-        .await?;
-    if created.is_none() {
-        return Ok(());
-    }
     let path = settings.initial_token_path();
+    let draft = path.with_extension("new");
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(&draft)
+        .with_context(|| format!("cannot write {}", draft.display()))?;
     writeln!(file, "{token}")?;
     file.sync_all()?;
-    info!(path = %path.display(), "created the first super admin; its API token is in this file, readable only by its owner");
+    let created = store
+        .ensure_initial_admin(&api::token_hash(&token), clock.now())
+        .await?;
+    if created.is_none() {
+        std::fs::remove_file(&draft)?;
+        return Ok(());
+    }
+    std::fs::rename(&draft, &path)?;
+    info!(
+        path = %path.display(),
+        "created the first super admin; its API token is in this file, readable only by its owner"
+    );
     Ok(())
 }
 

@@ -17,8 +17,12 @@ use serde::Deserialize;
 #[serde(rename_all = "kebab-case")]
 pub enum SuccessRule {
     /// Any status from 200 to 299.
+    #[serde(rename = "any-2xx")]
+    #[value(name = "any-2xx")]
     Any2xx,
     /// Exactly 200, as some receivers expect.
+    #[serde(rename = "only-200")]
+    #[value(name = "only-200")]
     Only200,
 }
 

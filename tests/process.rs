@@ -362,7 +362,7 @@ async fn the_quick_start_works_from_the_command_line() {
             r#"{"status":"active"}"#,
         ],
     );
-    assert!(ok && out.contains("1 deliveries"), "{out}");
+    assert!(ok && out.contains("(1 delivery)"), "{out}");
 
     let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);

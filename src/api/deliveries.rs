@@ -1,12 +1,12 @@
 //! The Event History: deliveries with their attempts, resend, recover, and alerts.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiError, ApiJson, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::model::{AttemptRecord, Delivery, DeliveryStatus};
 use crate::store::{DeliveryFilter, StoreError};
@@ -117,6 +117,17 @@ fn filter_from(
             })
         })
         .transpose()?;
+    if let Some(cursor) = query
+        .page
+        .cursor
+        .as_deref()
+        .filter(|c| c.parse::<i64>().is_err())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("cursor '{cursor}' is not one this list gave out"),
+        ));
+    }
     Ok(DeliveryFilter {
         endpoint_id,
         status,
@@ -145,7 +156,7 @@ async fn list(
 pub async fn list_endpoint_deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<DeliveryQuery>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
     state.store.get_endpoint(&id).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found("endpoint", &id),
@@ -157,7 +168,7 @@ pub async fn list_endpoint_deliveries(
 
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    Query(query): Query<DeliveryQuery>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
     let filter = filter_from(&query, query.endpoint.clone())?;
     list(&state, filter).await

@@ -1,13 +1,13 @@
 //! Endpoints: create (with the HEAD check), list, show, update, delete, test webhook,
 //! and the signing secret.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::event_types::check_known;
-use super::{ApiError, ApiJson, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::engine::chrono_duration;
 use crate::model::{Endpoint, EndpointFields, Ordering};
@@ -195,7 +195,7 @@ fn missing(field: &str) -> ApiError {
 
 pub async fn list_endpoints(
     State(state): State<AppState>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ListOut<EndpointOut>>, ApiError> {
     let page = state
         .store

@@ -33,7 +33,8 @@ pub async fn create_event(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let idempotency_key = idempotency_key(&headers)?;
-    let parsed = parse_event(&body, state.clock.now()).map_err(|e| match e {
+    let now = state.clock.now();
+    let parsed = parse_event(&body, now).map_err(|e| match e {
         PayloadError::Malformed(detail) => ApiError::bad_request("malformed_json", detail),
         PayloadError::InvalidField(detail) => ApiError::unprocessable("invalid_field", detail),
     })?;
@@ -43,7 +44,7 @@ pub async fn create_event(
         event_type: parsed.event_type,
         object_key: parsed.object_key,
         body: parsed.body,
-        created_at: parsed.created_at,
+        accepted_at: now,
         idempotency_key,
         request_hash: parsed.request_hash,
     };

@@ -225,6 +225,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -255,10 +256,8 @@ async fn migrate(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.resolve()?;
     init_logging(settings.log_format);
     std::fs::create_dir_all(&settings.data_dir)?;
-    let store = crate::store::SqliteStore::open(&settings.database_path()).await?;
-    crate::store::Store::migrate(&store)
-        .await
-        .context("migration failed")?;
+    let _lock = crate::server::lock_data_dir(&settings.data_dir)?;
+    crate::server::open_store(&settings).await?;
     println!("database is up to date");
     Ok(ExitCode::SUCCESS)
 }
@@ -413,9 +412,10 @@ fn json_arg(name: &str, text: &str) -> anyhow::Result<Value> {
 }
 
 async fn emit(e: EmitArgs, c: &Client) -> anyhow::Result<ExitCode> {
+    // A number only when it reads back the same, so "007" stays a string.
     let object_id = match e.object_id.parse::<i64>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(e.object_id),
+        Ok(n) if n.to_string() == e.object_id => json!(n),
+        _ => json!(e.object_id),
     };
     let mut body = json!({"event": e.event, "object_id": object_id, "current": json_arg("current", &e.current)?});
     if let Some(previous) = &e.previous {
@@ -435,11 +435,9 @@ async fn emit(e: EmitArgs, c: &Client) -> anyhow::Result<ExitCode> {
     if c.json {
         print_json(&answer);
     } else {
-        println!(
-            "accepted event {} ({} deliveries)",
-            text(&answer["id"]),
-            text(&answer["deliveries"])
-        );
+        let count = answer["deliveries"].as_i64().unwrap_or(0);
+        let noun = if count == 1 { "delivery" } else { "deliveries" };
+        println!("accepted event {} ({count} {noun})", text(&answer["id"]));
     }
     Ok(ExitCode::SUCCESS)
 }

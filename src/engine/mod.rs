@@ -39,6 +39,9 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// while its attempt is still in flight.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
+/// The longest wait between two attempts on the exponential schedule.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: SharedClock,
@@ -295,8 +298,7 @@ impl Engine {
         }
         let first = delivery.first_attempt_at.unwrap_or(attempt.attempted_at);
         let deadline = first + chrono_duration(self.settings.retry_window);
-        let wait = self.wait_after(delivery.attempt_count + 1);
-        let next = attempt.attempted_at + chrono_duration(wait);
+        let next = self.next_after(first, delivery.attempt_count + 1, attempt.attempted_at);
         if next > deadline {
             return AfterAttempt::Failed;
         }
@@ -310,13 +312,23 @@ impl Engine {
         }
     }
 
-    fn wait_after(&self, failures: i64) -> Duration {
-        let base = self.settings.retry_interval;
+    /// When to try again after the `failures`-th failure of an attempt made at `at`.
+    ///
+    /// The fixed schedule keeps to a grid counted from the first attempt, so the small
+    /// delay before each attempt does not add up and push the last one out of the
+    /// window; an attempt that starts late waits for the next point of the grid rather
+    /// than catching up with a burst.
+    fn next_after(&self, first: Timestamp, failures: i64, at: Timestamp) -> Timestamp {
+        let interval = self.settings.retry_interval;
         match self.settings.retry_schedule {
-            RetrySchedule::Fixed => base,
+            RetrySchedule::Fixed => {
+                let elapsed = (at - first).to_std().unwrap_or(Duration::ZERO);
+                let steps = (elapsed.as_micros() / interval.as_micros().max(1)) as u32 + 1;
+                first + chrono_duration(interval.saturating_mul(steps))
+            }
             RetrySchedule::Exponential => {
                 let factor = 2u32.saturating_pow((failures - 1).clamp(0, 20) as u32);
-                (base * factor).min(Duration::from_secs(3600))
+                at + chrono_duration(interval.saturating_mul(factor).min(MAX_BACKOFF))
             }
         }
     }
@@ -346,7 +358,7 @@ impl Engine {
             object_key: endpoint_id.to_string(),
             request_hash: hex_sha256(body.as_bytes()),
             body,
-            created_at: now,
+            accepted_at: now,
             idempotency_key: None,
         };
         let lease_until = now + chrono_duration(self.settings.attempt_timeout + LEASE_MARGIN);
@@ -390,7 +402,7 @@ impl Engine {
 }
 
 fn log_outcome(attempt: &Attempt, after: AfterAttempt, recorded: bool) {
-    let status = attempt.status_code.unwrap_or(0);
+    let status = attempt.status_code;
     let error = attempt.error.as_deref().unwrap_or("");
     match (recorded, after) {
         (false, _) => debug!("attempt not recorded: the delivery's endpoint was deleted"),
