@@ -75,6 +75,9 @@ pub struct DeliverySettings {
     pub success: SuccessRule,
     /// How many endpoints may have an attempt in flight at once, in this process.
     pub max_concurrent_endpoints: usize,
+    /// Requests per minute an endpoint gets while it is down (after several failures in
+    /// a row), however many deliveries wait for it.
+    pub down_endpoint_rate: u32,
     /// How long the old secret keeps signing after a rotation.
     pub secret_grace: Duration,
     /// Allows loopback and private addresses and plain `http` URLs.
@@ -101,6 +104,7 @@ impl Settings {
                 attempt_timeout: Duration::from_secs(30),
                 success: SuccessRule::Any2xx,
                 max_concurrent_endpoints: 256,
+                down_endpoint_rate: 10,
                 secret_grace: Duration::from_secs(24 * 3600),
                 allow_private: false,
             },
@@ -163,6 +167,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONCURRENT_ENDPOINTS")]
     pub max_concurrent_endpoints: Option<usize>,
 
+    /// Requests per minute to an endpoint that is down [default: 10]
+    #[arg(long, env = "HERALD_DOWN_ENDPOINT_RATE")]
+    pub down_endpoint_rate: Option<u32>,
+
     /// Development mode: also send to loopback and private addresses and plain http
     #[arg(long, env = "HERALD_DEV", value_parser = parse_flag, num_args = 0..=1,
           default_missing_value = "true")]
@@ -199,6 +207,7 @@ struct FileSettings {
     #[serde(default, with = "humantime_serde_opt")]
     secret_grace: Option<Duration>,
     max_concurrent_endpoints: Option<usize>,
+    down_endpoint_rate: Option<u32>,
     dev: Option<bool>,
     smtp_url: Option<String>,
     public_url: Option<String>,
@@ -246,6 +255,8 @@ impl ServeArgs {
             file.max_concurrent_endpoints,
         )
         .unwrap_or(d.max_concurrent_endpoints);
+        d.down_endpoint_rate =
+            pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
         d.allow_private = s.dev;
         s.public_url = pick(&self.public_url, file.public_url)
             .unwrap_or_else(|| format!("http://{}", s.listen));
@@ -274,6 +285,10 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
         !d.attempt_timeout.is_zero(),
         "attempt-timeout must be more than 0"
+    );
+    anyhow::ensure!(
+        d.down_endpoint_rate > 0,
+        "down-endpoint-rate must be more than 0"
     );
     anyhow::ensure!(
         d.max_concurrent_endpoints > 0,

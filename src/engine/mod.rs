@@ -9,6 +9,7 @@
 
 pub mod attempt;
 pub mod egress;
+mod pacing;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ pub struct Engine {
     client: Client,
     wake: Notify,
     lanes: Mutex<HashSet<String>>,
+    pacing: pacing::Pacing,
+    next_sweep: Mutex<Option<Timestamp>>,
     tracker: TaskTracker,
 }
 
@@ -67,9 +70,11 @@ impl Engine {
             clock,
             client: attempt::build_client(policy),
             policy,
+            pacing: pacing::Pacing::new(settings.down_endpoint_rate),
             settings,
             wake: Notify::new(),
             lanes: Mutex::new(HashSet::new()),
+            next_sweep: Mutex::new(None),
             tracker: TaskTracker::new(),
         })
     }
@@ -119,18 +124,22 @@ impl Engine {
     /// One pass: start lanes for due endpoints, then sleep until something may be due.
     async fn schedule(self: &Arc<Self>, cancel: &CancellationToken) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let busy: Vec<String> = self
-            .lanes
-            .lock()
-            .expect("lanes lock")
-            .iter()
-            .cloned()
-            .collect();
+        self.sweep(now).await?;
+        let (paused, resume) = self.pacing.paused(now);
+        let running = self.lanes.lock().expect("lanes lock").len();
         let room = self
             .settings
             .max_concurrent_endpoints
-            .saturating_sub(busy.len());
+            .saturating_sub(running);
         if room > 0 {
+            let mut busy: Vec<String> = self
+                .lanes
+                .lock()
+                .expect("lanes lock")
+                .iter()
+                .cloned()
+                .collect();
+            busy.extend(paused);
             let due = self.store.due_endpoints(now, &busy, room as i64).await?;
             debug!(due = due.len(), busy = busy.len(), "scheduler pass");
             for endpoint_id in due {
@@ -138,7 +147,10 @@ impl Engine {
             }
         }
 
-        let next = self.store.next_wake(now).await?;
+        let next = [self.store.next_wake(now).await?, resume]
+            .into_iter()
+            .flatten()
+            .min();
         let clock = self.clock.clone();
         let until_due = async move {
             match next {
@@ -152,6 +164,33 @@ impl Engine {
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
             _ = cancel.cancelled() => {}
         }
+        Ok(())
+    }
+
+    /// Fails deliveries whose retry window ended while they waited, at most once per
+    /// second of engine time. The sweep allows one retry interval past the window so it
+    /// never races the last attempt, which is due at the window's very end.
+    async fn sweep(&self, now: Timestamp) -> Result<(), StoreError> {
+        let due = self
+            .next_sweep
+            .lock()
+            .expect("sweep lock")
+            .is_none_or(|at| now >= at);
+        if !due {
+            return Ok(());
+        }
+        let grace = self.settings.retry_window + self.settings.retry_interval;
+        let expired = self
+            .store
+            .expire_overdue(now - chrono_duration(grace), now)
+            .await?;
+        if expired > 0 {
+            warn!(
+                expired,
+                "deliveries failed: their retry window ended while they waited"
+            );
+        }
+        *self.next_sweep.lock().expect("sweep lock") = Some(now + chrono::Duration::seconds(1));
         Ok(())
     }
 
@@ -232,8 +271,14 @@ impl Engine {
             if attempt.status_code == Some(410) && !claimed.delivery.test {
                 self.disable_gone(claimed, &attempt).await?;
             }
+            let pace_ok = claimed.delivery.test
+                || self.pacing.record(
+                    &claimed.endpoint.id,
+                    attempt.succeeded(),
+                    attempt.attempted_at,
+                );
             let next = lane
-                .filter(|(_, cancel)| !cancel.is_cancelled())
+                .filter(|(_, cancel)| pace_ok && !cancel.is_cancelled())
                 .map(|(endpoint_id, _)| self.claim_request(endpoint_id));
             let recorded = self
                 .store

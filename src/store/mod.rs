@@ -199,6 +199,11 @@ pub trait Store: Send + Sync + 'static {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded>;
+    /// Fails every pending, unclaimed delivery whose first attempt was before `cutoff`:
+    /// its retry window ended without a success while it waited (its endpoint was
+    /// disabled, or paced because it was down). Raises the failing alert as an attempt
+    /// would. Returns how many deliveries failed.
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64>;
     /// Releases every lease; only for a store that a single process owns.
     async fn release_all_leases(&self) -> StoreResult<u64>;
 

@@ -239,6 +239,23 @@ async fn replay_idempotent(
     }))
 }
 
+/// What an alert says about the endpoint's last failure.
+struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: describe_failure(attempt),
+        }
+    }
+}
+
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
     conn: &mut SqliteConnection,
@@ -247,7 +264,7 @@ async fn track_outage(
     after: AfterAttempt,
 ) -> StoreResult<()> {
     let endpoint_id = &claimed.endpoint.id;
-    let at = micros(attempt.attempted_at);
+    let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
         let alerted: Option<Option<i64>> = sqlx::query_scalar(
             "DELETE FROM endpoint_outages WHERE endpoint_id = ? RETURNING alerted_at",
@@ -256,34 +273,42 @@ async fn track_outage(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(Some(_)) = alerted {
-            insert_alert(conn, AlertKind::EndpointRecovered, claimed, attempt).await?;
+            insert_alert(conn, AlertKind::EndpointRecovered, endpoint_id, &last).await?;
         }
         return Ok(());
     }
 
-    let last_error = describe_failure(attempt);
     sqlx::query(
         "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) VALUES (?, ?, ?) \
          ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
     )
     .bind(endpoint_id)
-    .bind(at)
-    .bind(&last_error)
+    .bind(micros(last.at))
+    .bind(&last.error)
     .execute(&mut *conn)
     .await?;
-    if after != AfterAttempt::Failed {
-        return Ok(());
+    if after == AfterAttempt::Failed {
+        raise_failing(conn, endpoint_id, &last).await?;
     }
+    Ok(())
+}
+
+/// Raises the endpoint's failing alert, once per outage.
+async fn raise_failing(
+    conn: &mut SqliteConnection,
+    endpoint_id: &str,
+    last: &LastFailure,
+) -> StoreResult<()> {
     let newly_alerted = sqlx::query(
         "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL",
     )
-    .bind(at)
+    .bind(micros(last.at))
     .bind(endpoint_id)
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if newly_alerted == 1 {
-        insert_alert(conn, AlertKind::EndpointFailing, claimed, attempt).await?;
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last).await?;
     }
     Ok(())
 }
@@ -299,39 +324,37 @@ fn describe_failure(attempt: &Attempt) -> String {
 async fn insert_alert(
     conn: &mut SqliteConnection,
     kind: AlertKind,
-    claimed: &Claimed,
-    attempt: &Attempt,
+    endpoint_id: &str,
+    last: &LastFailure,
 ) -> StoreResult<()> {
-    let endpoint = &claimed.endpoint;
-    let counts = sqlx::query(
-        "SELECT sum(status = 'failed') AS failed, sum(status = 'pending') AS pending \
-         FROM deliveries WHERE endpoint_id = ?",
+    let facts = sqlx::query(
+        "SELECT e.name, e.url, o.failing_since, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
+           AS failed, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
+           AS pending \
+         FROM endpoints e LEFT JOIN endpoint_outages o ON o.endpoint_id = e.id WHERE e.id = ?",
     )
-    .bind(&endpoint.id)
+    .bind(endpoint_id)
     .fetch_one(&mut *conn)
     .await?;
-    let failing_since: Option<i64> =
-        sqlx::query_scalar("SELECT failing_since FROM endpoint_outages WHERE endpoint_id = ?")
-            .bind(&endpoint.id)
-            .fetch_optional(&mut *conn)
-            .await?;
     let detail = serde_json::json!({
-        "endpoint_name": endpoint.name,
-        "endpoint_url": endpoint.url,
-        "failing_since": failing_since.map(from_micros),
-        "failed_deliveries": counts.get::<Option<i64>, _>("failed").unwrap_or(0),
-        "pending_deliveries": counts.get::<Option<i64>, _>("pending").unwrap_or(0),
-        "last_status": attempt.status_code,
-        "last_error": describe_failure(attempt),
-        "at": attempt.attempted_at,
+        "endpoint_name": facts.get::<String, _>("name"),
+        "endpoint_url": facts.get::<String, _>("url"),
+        "failing_since": opt_time(&facts, "failing_since"),
+        "failed_deliveries": facts.get::<i64, _>("failed"),
+        "pending_deliveries": facts.get::<i64, _>("pending"),
+        "last_status": last.status,
+        "last_error": last.error,
+        "at": last.at,
     });
     sqlx::query(
         "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(new_id("alr"))
     .bind(kind.as_str())
-    .bind(&endpoint.id)
-    .bind(micros(attempt.attempted_at))
+    .bind(endpoint_id)
+    .bind(micros(last.at))
     .bind(detail.to_string())
     .execute(&mut *conn)
     .await?;
@@ -926,6 +949,49 @@ impl Store for SqliteStore {
         self.writer_queue
             .record(claimed.clone(), attempt.clone(), after, then_claim)
             .await
+    }
+
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let endpoints: Vec<String> = sqlx::query_scalar(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
+             WHERE status = 'pending' AND first_attempt_at < ? \
+             AND (lease_until IS NULL OR lease_until <= ?) RETURNING endpoint_id",
+        )
+        .bind(micros(cutoff))
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = endpoints.len() as u64;
+        let mut endpoints = endpoints;
+        endpoints.sort();
+        endpoints.dedup();
+        for endpoint_id in endpoints {
+            let last_error: Option<String> =
+                sqlx::query_scalar("SELECT last_error FROM endpoint_outages WHERE endpoint_id = ?")
+                    .bind(&endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+            let error = last_error.unwrap_or_else(|| "retry window ended".to_string());
+            let last = LastFailure {
+                at: now,
+                status: None,
+                error,
+            };
+            sqlx::query(
+                "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+                 VALUES (?, ?, ?) ON CONFLICT (endpoint_id) DO NOTHING",
+            )
+            .bind(&endpoint_id)
+            .bind(micros(now))
+            .bind(&last.error)
+            .execute(&mut *tx)
+            .await?;
+            raise_failing(&mut tx, &endpoint_id, &last).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
