@@ -82,6 +82,8 @@ pub struct DeliverySettings {
     pub secret_grace: Duration,
     /// Allows loopback and private addresses and plain `http` URLs.
     pub allow_private: bool,
+    /// Networks receivers may be in even though they are not public.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -107,6 +109,7 @@ impl Settings {
                 down_endpoint_rate: 10,
                 secret_grace: Duration::from_secs(24 * 3600),
                 allow_private: false,
+                allow_networks: Vec::new(),
             },
         }
     }
@@ -171,6 +174,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_DOWN_ENDPOINT_RATE")]
     pub down_endpoint_rate: Option<u32>,
 
+    /// A network receivers may be in although it is not public, like 10.1.0.0/16
+    /// (repeat, or separate with commas); cloud metadata addresses stay refused
+    #[arg(
+        long = "allow-network",
+        env = "HERALD_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub allow_networks: Vec<ipnet::IpNet>,
+
     /// Development mode: also send to loopback and private addresses and plain http
     #[arg(long, env = "HERALD_DEV", value_parser = parse_flag, num_args = 0..=1,
           default_missing_value = "true")]
@@ -208,6 +220,7 @@ struct FileSettings {
     secret_grace: Option<Duration>,
     max_concurrent_endpoints: Option<usize>,
     down_endpoint_rate: Option<u32>,
+    allow_networks: Option<Vec<ipnet::IpNet>>,
     dev: Option<bool>,
     smtp_url: Option<String>,
     public_url: Option<String>,
@@ -258,6 +271,10 @@ impl ServeArgs {
         d.down_endpoint_rate =
             pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
         d.allow_private = s.dev;
+        d.allow_networks = match (self.allow_networks.is_empty(), file.allow_networks) {
+            (true, Some(networks)) => networks,
+            _ => self.allow_networks.clone(),
+        };
         s.public_url = pick(&self.public_url, file.public_url)
             .unwrap_or_else(|| format!("http://{}", s.listen));
 

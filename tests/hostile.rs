@@ -138,3 +138,201 @@ async fn per_object_ordering_holds_back_only_the_same_object() {
         vec![a1.as_str(), b1.as_str(), a1.as_str(), a2.as_str()]
     );
 }
+
+fn public_only() -> Options {
+    Options {
+        manual_clock: false,
+        configure: Box::new(|s| {
+            s.dev = false;
+            s.delivery.allow_private = false;
+        }),
+    }
+}
+
+#[tokio::test]
+async fn literal_addresses_that_are_not_public_are_refused_at_create_time() {
+    let server = TestServer::start_with(public_only()).await;
+    for url in [
+        "https://127.0.0.1/hook",
+        "https://2130706433/",
+        "https://0x7f.1/",
+        "https://[::1]/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://[::ffff:7f00:1]/",
+        "https://[64:ff9b::a9fe:a9fe]/",
+        "https://10.0.0.1/",
+        "https://100.64.0.1/",
+        "https://169.254.169.254/latest/meta-data",
+        "https://0.0.0.0/",
+        "https://224.0.0.1/",
+    ] {
+        let body = json!({"name": "x", "url": url, "events": [], "verify": false});
+        let (status, answer) = server
+            .api(Method::POST, "/api/v1/endpoints", Some(body))
+            .await;
+        assert_eq!(
+            (status, answer["code"].as_str().unwrap()),
+            (422, "blocked_destination"),
+            "{url}: {answer}"
+        );
+    }
+    let body = json!({"name": "x", "url": "http://example.com/", "events": [], "verify": false});
+    let (status, answer) = server
+        .api(Method::POST, "/api/v1/endpoints", Some(body))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str().unwrap()),
+        (422, "invalid_url"),
+        "plain http: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_a_refused_address_fails_every_path_as_blocked_destination() {
+    let server = TestServer::start_with(public_only()).await;
+    let receiver = Receiver::start().await;
+    // "localhost" resolves from the hosts file, so no query leaves the machine.
+    let url = format!("https://localhost:{}/hook", receiver.port);
+
+    let body = json!({"name": "x", "url": url, "events": ["account.created"]});
+    let (status, answer) = server
+        .api(Method::POST, "/api/v1/endpoints", Some(body))
+        .await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (422, json!("url_check_failed"))
+    );
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("blocked_destination"),
+        "{answer}"
+    );
+
+    let endpoint = server.endpoint(&url, &["account.created"]).await;
+    let (_, test) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/test"),
+            None,
+        )
+        .await;
+    assert_eq!(test["success"], false);
+    assert!(
+        test["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked_destination"),
+        "{test}"
+    );
+
+    server.emit("account.created", json!(1), json!({})).await;
+    eventually("the attempt", || async {
+        server
+            .deliveries(&endpoint)
+            .await
+            .iter()
+            .any(|d| !d["test"].as_bool().unwrap() && d["status"] == "failed")
+    })
+    .await;
+    let delivery = server
+        .deliveries(&endpoint)
+        .await
+        .into_iter()
+        .find(|d| d["test"] == false)
+        .unwrap();
+    let detail = server
+        .get(&format!(
+            "/api/v1/deliveries/{}",
+            delivery["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(detail["attempts"][0]["error_kind"], "blocked_destination");
+    assert_eq!(
+        detail["attempts"].as_array().unwrap().len(),
+        1,
+        "a blocked destination is not retried"
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_network_opens_that_network_only() {
+    let server = TestServer::start_with(Options {
+        manual_clock: false,
+        configure: Box::new(|s| {
+            s.delivery.attempt_timeout = Duration::from_millis(500);
+            s.dev = false;
+            s.delivery.allow_private = false;
+            s.delivery.allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
+        }),
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let allowed = format!("https://127.0.0.1:{}/hook", receiver.port);
+    let endpoint = server.endpoint(&allowed, &["account.created"]).await;
+    let (_, test) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/test"),
+            None,
+        )
+        .await;
+    // The receiver speaks plain HTTP, so the TLS handshake cannot finish; what matters is
+    // that the connection was made.
+    assert_eq!(test["success"], false);
+    assert!(
+        !test["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked_destination"),
+        "{test}"
+    );
+    assert_eq!(receiver.connections(), 1, "{test}");
+
+    let body = json!({"name": "x", "url": "https://[::1]/", "events": [], "verify": false});
+    let (status, answer) = server
+        .api(Method::POST, "/api/v1/endpoints", Some(body))
+        .await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (422, json!("blocked_destination"))
+    );
+}
+
+#[tokio::test]
+async fn urls_with_ports_ipv6_queries_and_international_names_are_kept() {
+    let server = TestServer::start().await;
+    let receiver = Receiver::start().await;
+    let with_query = format!("http://127.0.0.1:{}/hook?token=a%20b&x=1", receiver.port);
+    let endpoint = server.endpoint(&with_query, &["account.created"]).await;
+    server.emit("account.created", json!(1), json!({})).await;
+    let post = receiver.wait_posts(1).await.remove(0);
+    assert_eq!(post.path, "/hook?token=a%20b&x=1");
+    assert_eq!(
+        server.get(&format!("/api/v1/endpoints/{endpoint}")).await["url"],
+        json!(with_query)
+    );
+
+    let v6 = json!({"name": "v6", "url": "http://[::1]:9/hook", "events": [], "verify": false});
+    let (status, created) = server
+        .api(Method::POST, "/api/v1/endpoints", Some(v6))
+        .await;
+    assert_eq!(
+        (status, created["url"].clone()),
+        (201, json!("http://[::1]:9/hook"))
+    );
+    let idn =
+        json!({"name": "idn", "url": "https://bücher.example/hook", "events": [], "verify": false});
+    let (status, created) = server
+        .api(Method::POST, "/api/v1/endpoints", Some(idn))
+        .await;
+    assert_eq!(
+        (status, created["url"].clone()),
+        (201, json!("https://xn--bcher-kva.example/hook"))
+    );
+}

@@ -22,11 +22,13 @@ pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
 
 /// The client every outbound request goes through: guarded resolver, no redirects,
 /// connections kept alive and reused per receiver.
-pub fn build_client(policy: EgressPolicy) -> Client {
+pub fn build_client(policy: &EgressPolicy) -> Client {
     Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(std::sync::Arc::new(GuardedResolver { policy }))
+        .dns_resolver(std::sync::Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
@@ -45,7 +47,7 @@ pub struct Request<'a> {
 /// Sends one request and describes the outcome; never returns an error.
 pub async fn send(
     client: &Client,
-    policy: EgressPolicy,
+    policy: &EgressPolicy,
     request: Request<'_>,
     attempted_at: Timestamp,
     success: SuccessRule,
@@ -87,7 +89,7 @@ pub async fn send(
 
 async fn exchange(
     client: &Client,
-    policy: EgressPolicy,
+    policy: &EgressPolicy,
     request: Request<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), (ErrorKind, String)> {

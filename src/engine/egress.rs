@@ -7,6 +7,9 @@
 //! URL skip the resolver and are checked by [`EgressPolicy::check_url`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
@@ -33,10 +36,12 @@ pub enum ResolveError {
     Blocked { host: String, address: IpAddr },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EgressPolicy {
     /// Loopback, private, link-local and unique-local networks, and plain http.
     pub allow_private: bool,
+    /// Networks opened on purpose, such as a private network where receivers live.
+    pub allow_networks: Arc<[IpNet]>,
 }
 
 impl EgressPolicy {
@@ -44,6 +49,9 @@ impl EgressPolicy {
         let ip = canonical(ip);
         if is_metadata(ip) || ip.is_unspecified() || ip.is_multicast() {
             return false;
+        }
+        if self.allow_networks.iter().any(|net| net.contains(&ip)) {
+            return true;
         }
         if self.allow_private {
             return !is_reserved(ip) || is_local(ip);
@@ -140,14 +148,14 @@ fn is_reserved(ip: IpAddr) -> bool {
 }
 
 /// The resolver every outbound request uses.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct GuardedResolver {
     pub policy: EgressPolicy,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
@@ -191,6 +199,7 @@ mod tests {
     fn public_policy_refuses_every_non_public_range() {
         let public = EgressPolicy {
             allow_private: false,
+            ..EgressPolicy::default()
         };
         for refused in [
             "127.0.0.1",
@@ -227,6 +236,7 @@ mod tests {
     fn development_mode_opens_local_networks_but_never_metadata() {
         let dev = EgressPolicy {
             allow_private: true,
+            ..EgressPolicy::default()
         };
         for allowed in ["127.0.0.1", "10.0.0.1", "192.168.0.10", "::1", "8.8.8.8"] {
             assert!(dev.allows(ip(allowed)), "{allowed} should be allowed");
@@ -242,9 +252,25 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_network_opens_only_itself_and_never_metadata() {
+        let policy = EgressPolicy {
+            allow_private: false,
+            allow_networks: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "169.254.0.0/16".parse().unwrap(),
+            ]
+            .into(),
+        };
+        assert!(policy.allows(ip("10.1.2.3")));
+        assert!(!policy.allows(ip("10.2.0.1")));
+        assert!(!policy.allows(ip("169.254.169.254")));
+    }
+
+    #[test]
     fn numeric_tricks_in_urls_are_read_as_the_address_they_mean() {
         let public = EgressPolicy {
             allow_private: false,
+            ..EgressPolicy::default()
         };
         for url in [
             "https://2130706433/",

@@ -64,11 +64,12 @@ impl Engine {
     ) -> Arc<Engine> {
         let policy = EgressPolicy {
             allow_private: settings.allow_private,
+            allow_networks: settings.allow_networks.clone().into(),
         };
         Arc::new(Engine {
             store,
             clock,
-            client: attempt::build_client(policy),
+            client: attempt::build_client(&policy),
             policy,
             pacing: pacing::Pacing::new(settings.down_endpoint_rate),
             settings,
@@ -79,8 +80,8 @@ impl Engine {
         })
     }
 
-    pub fn policy(&self) -> EgressPolicy {
-        self.policy
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
     }
 
     /// Tells the scheduler that deliveries may have become due.
@@ -325,7 +326,7 @@ impl Engine {
         };
         attempt::send(
             &self.client,
-            self.policy,
+            &self.policy,
             request,
             attempted_at,
             self.settings.success,
@@ -427,7 +428,7 @@ impl Engine {
         };
         let attempt = attempt::send(
             &self.client,
-            self.policy,
+            &self.policy,
             request,
             self.clock.now(),
             crate::settings::SuccessRule::Any2xx,
