@@ -22,6 +22,7 @@ pub mod engine;
 pub mod ids;
 pub mod model;
 pub mod payload;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod signing;

@@ -210,6 +210,8 @@ pub struct AttemptRecord {
     pub response_headers: String,
     pub response_body: Option<String>,
     pub response_truncated: bool,
+    /// The body was dropped to bound the history (neither the first nor the latest).
+    pub response_body_dropped: bool,
     pub error_kind: Option<String>,
     pub error: Option<String>,
 }

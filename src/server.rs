@@ -70,6 +70,12 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(crate::retention::run(
+        store.clone(),
+        clock.clone(),
+        state.settings.retention,
+        cancel.clone(),
+    )));
     tasks.push(tokio::spawn(crate::alerts::run(
         store.clone(),
         clock.clone(),

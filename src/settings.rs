@@ -62,6 +62,8 @@ pub struct Settings {
     pub dev: bool,
     pub smtp_url: Option<String>,
     pub log_format: LogFormat,
+    /// How long events and their history are kept once every delivery is settled.
+    pub retention: Duration,
     pub delivery: DeliverySettings,
 }
 
@@ -99,6 +101,7 @@ impl Settings {
             dev: false,
             smtp_url: None,
             log_format: LogFormat::Text,
+            retention: Duration::from_secs(30 * 24 * 3600),
             delivery: DeliverySettings {
                 retry_interval: Duration::from_secs(60),
                 retry_window: Duration::from_secs(4 * 3600),
@@ -196,6 +199,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// How long settled events and their history are kept [default: 30days]
+    #[arg(long, env = "HERALD_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
     /// Log format [default: text]
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -225,6 +232,8 @@ struct FileSettings {
     smtp_url: Option<String>,
     public_url: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -270,6 +279,7 @@ impl ServeArgs {
         .unwrap_or(d.max_concurrent_endpoints);
         d.down_endpoint_rate =
             pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
+        s.retention = pick(&self.retention, file.retention).unwrap_or(s.retention);
         d.allow_private = s.dev;
         d.allow_networks = match (self.allow_networks.is_empty(), file.allow_networks) {
             (true, Some(networks)) => networks,

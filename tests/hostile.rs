@@ -336,3 +336,74 @@ async fn urls_with_ports_ipv6_queries_and_international_names_are_kept() {
         (201, json!("https://xn--bcher-kva.example/hook"))
     );
 }
+
+#[tokio::test]
+async fn a_delivery_retried_for_hours_keeps_only_its_first_and_latest_reply_bodies() {
+    let server = TestServer::with_manual_clock().await;
+    let receiver = Receiver::answering(Reply::Huge(200 * 1024)).await;
+    let endpoint = server.endpoint(&receiver.url, &["job.created"]).await;
+    server.emit("job.created", json!(1), json!({})).await;
+    receiver.wait_posts(1).await;
+    let id = server.deliveries(&endpoint).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=5 {
+        server.wait_delivery(&id, |d| d["attempt_count"] == n).await;
+        server.advance(Duration::from_secs(60));
+    }
+    let delivery = server.wait_delivery(&id, |d| d["attempt_count"] == 6).await;
+    let kept: Vec<bool> = delivery["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["response_body"].is_string())
+        .collect();
+    assert_eq!(kept, vec![true, false, false, false, false, true]);
+    assert_eq!(delivery["attempts"][2]["response_body_dropped"], true);
+    assert_eq!(
+        delivery["attempts"][5]["response_body"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64 * 1024
+    );
+}
+
+#[tokio::test]
+async fn settled_events_older_than_the_retention_period_are_removed() {
+    // A retry window longer than the retention period keeps the second delivery pending.
+    let server = TestServer::start_with(Options {
+        manual_clock: true,
+        configure: Box::new(|s| s.delivery.retry_window = Duration::from_secs(60 * 24 * 3600)),
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let endpoint = server.endpoint(&receiver.url, &["job.created"]).await;
+    server.emit("job.created", json!(1), json!({})).await;
+    receiver.wait_posts(1).await;
+    eventually("delivered", || async {
+        server.deliveries(&endpoint).await[0]["status"] == "succeeded"
+    })
+    .await;
+    let old = server.deliveries(&endpoint).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    receiver.set_default(Reply::Status(500));
+    server.emit("job.created", json!(2), json!({})).await;
+    receiver.wait_posts(2).await;
+    server.advance(Duration::from_secs(31 * 24 * 3600));
+    eventually("the old delivery removed", || async {
+        server
+            .api(Method::GET, &format!("/api/v1/deliveries/{old}"), None)
+            .await
+            .0
+            == 404
+    })
+    .await;
+    let left = server.deliveries(&endpoint).await;
+    assert_eq!(left.len(), 1, "a delivery still pending is kept");
+    assert_eq!(left[0]["payload"]["object_id"], 2);
+}

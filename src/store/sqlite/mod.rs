@@ -139,6 +139,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRecord {
         response_headers: row.get("response_headers"),
         response_body: row.get("response_body"),
         response_truncated: row.get("response_truncated"),
+        response_body_dropped: row.get("response_body_dropped"),
         error_kind: row.get("error_kind"),
         error: row.get("error"),
     }
@@ -471,6 +472,17 @@ async fn record_in(
     if updated == 0 {
         return Ok(false);
     }
+
+    // Only the first and the latest reply bodies are kept: a receiver that answers every
+    // retry with the same large error page must not fill the disk with copies of it.
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
+    )
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?;
 
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     sqlx::query(
@@ -849,7 +861,7 @@ impl Store for SqliteStore {
         };
         let attempts = sqlx::query(
             "SELECT attempted_at, duration_ms, status_code, response_headers, response_body, \
-             response_truncated, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
+             response_truncated, response_body_dropped, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
         )
         .bind(row.get::<i64, _>("seq"))
         .fetch_all(&self.reader)
@@ -992,6 +1004,32 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(expired)
+    }
+
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT v.id FROM events v WHERE v.created_at < ? AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = v.id AND d.status = 'pending') \
+             ORDER BY v.created_at LIMIT ?",
+        )
+        .bind(micros(before))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = serde_json::to_string(&events).expect("strings serialize");
+        for sql in [
+            "DELETE FROM deliveries WHERE event_id IN (SELECT value FROM json_each(?))",
+            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
+        ] {
+            sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM alerts WHERE created_at < ? AND sent_at IS NOT NULL")
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events.len() as u64)
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
