@@ -23,6 +23,7 @@ pub mod ids;
 pub mod model;
 pub mod payload;
 pub mod retention;
+pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod signing;

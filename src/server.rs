@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::engine::Engine;
+use crate::secrets::SecretBox;
 use crate::settings::Settings;
 use crate::store::{SqliteStore, Store};
 
@@ -55,7 +56,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         );
     }
 
-    let engine = Engine::new(store.clone(), clock.clone(), settings.delivery.clone());
+    let secrets = Arc::new(open_secret_box(&settings)?);
+    let engine = Engine::new(
+        store.clone(),
+        clock.clone(),
+        settings.delivery.clone(),
+        secrets,
+    );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -110,6 +117,19 @@ impl Server {
         }
         info!("herald stopped");
     }
+}
+
+fn open_secret_box(settings: &Settings) -> anyhow::Result<SecretBox> {
+    if let Some(key) = &settings.secret_key {
+        return SecretBox::from_base64(key).context("invalid secret-key setting");
+    }
+    let path = settings.secret_key_path();
+    let (secrets, created) = SecretBox::from_key_file(&path)
+        .with_context(|| format!("cannot use the secret key file {}", path.display()))?;
+    if created {
+        info!(path = %path.display(), "created the key that seals endpoint secrets; back it up with the database");
+    }
+    Ok(secrets)
 }
 
 /// One process owns an SQLite data directory; a second would corrupt the queue's leases.

@@ -64,6 +64,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How long events and their history are kept once every delivery is settled.
     pub retention: Duration,
+    /// Base64 of the 32-byte key that seals endpoint secrets; without it, a key file in
+    /// the data directory is used (and created on first start).
+    pub secret_key: Option<String>,
     pub delivery: DeliverySettings,
 }
 
@@ -102,6 +105,7 @@ impl Settings {
             smtp_url: None,
             log_format: LogFormat::Text,
             retention: Duration::from_secs(30 * 24 * 3600),
+            secret_key: None,
             delivery: DeliverySettings {
                 retry_interval: Duration::from_secs(60),
                 retry_window: Duration::from_secs(4 * 3600),
@@ -119,6 +123,10 @@ impl Settings {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("herald.db")
+    }
+
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.data_dir.join("secret-key")
     }
 
     pub fn initial_token_path(&self) -> PathBuf {
@@ -203,6 +211,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
 
+    /// Key that seals endpoint secrets (base64 of 32 bytes) [default: <data dir>/secret-key]
+    #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
     /// Log format [default: text]
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -234,6 +246,7 @@ struct FileSettings {
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde_opt")]
     retention: Option<Duration>,
+    secret_key: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -280,6 +293,7 @@ impl ServeArgs {
         d.down_endpoint_rate =
             pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
         s.retention = pick(&self.retention, file.retention).unwrap_or(s.retention);
+        s.secret_key = pick(&self.secret_key, file.secret_key);
         d.allow_private = s.dev;
         d.allow_networks = match (self.allow_networks.is_empty(), file.allow_networks) {
             (true, Some(networks)) => networks,

@@ -184,7 +184,11 @@ pub async fn create_endpoint(
 
     let endpoint = state
         .store
-        .create_endpoint(&fields, &signing::new_secret(), state.clock.now())
+        .create_endpoint(
+            &fields,
+            &state.engine.secrets().seal(&signing::new_secret()),
+            state.clock.now(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(endpoint.into())))
 }
@@ -300,8 +304,19 @@ pub async fn get_secret(
         .await
         .map_err(not_found(&id))?;
     Ok(Json(SecretOut {
-        key: endpoint.secret,
+        key: open_secret(&state, &endpoint.secret)?,
     }))
+}
+
+fn open_secret(state: &AppState, sealed: &str) -> Result<String, ApiError> {
+    state.engine.secrets().open(sealed).map_err(|err| {
+        tracing::error!(cause = %err, "cannot open an endpoint secret");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })
 }
 
 pub async fn rotate_secret(
@@ -310,12 +325,12 @@ pub async fn rotate_secret(
 ) -> Result<Json<SecretOut>, ApiError> {
     let now = state.clock.now();
     let old_until = now + chrono_duration(state.settings.delivery.secret_grace);
-    let endpoint = state
+    let secret = signing::new_secret();
+    let sealed = state.engine.secrets().seal(&secret);
+    state
         .store
-        .rotate_secret(&id, &signing::new_secret(), old_until, now)
+        .rotate_secret(&id, &sealed, old_until, now)
         .await
         .map_err(not_found(&id))?;
-    Ok(Json(SecretOut {
-        key: endpoint.secret,
-    }))
+    Ok(Json(SecretOut { key: secret }))
 }

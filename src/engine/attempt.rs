@@ -44,6 +44,21 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
+/// An attempt that failed before any request was sent.
+pub fn not_sent(attempted_at: Timestamp, kind: ErrorKind, detail: String) -> Attempt {
+    Attempt {
+        attempted_at,
+        duration_ms: 0,
+        status_code: None,
+        response_headers: Vec::new(),
+        response_body: None,
+        response_truncated: false,
+        error_kind: Some(kind),
+        error: Some(format!("{}: {detail}", kind.as_str())),
+        retry_after: None,
+    }
+}
+
 /// Sends one request and describes the outcome; never returns an error.
 pub async fn send(
     client: &Client,
@@ -53,17 +68,9 @@ pub async fn send(
     success: SuccessRule,
 ) -> Attempt {
     let started = Instant::now();
-    let mut attempt = Attempt {
-        attempted_at,
-        duration_ms: 0,
-        status_code: None,
-        response_headers: Vec::new(),
-        response_body: None,
-        response_truncated: false,
-        error_kind: None,
-        error: None,
-        retry_after: None,
-    };
+    let mut attempt = not_sent(attempted_at, ErrorKind::Request, String::new());
+    attempt.error_kind = None;
+    attempt.error = None;
 
     let timeout = request.timeout;
     let outcome =

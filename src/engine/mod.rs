@@ -25,8 +25,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::catalog::TEST_EVENT;
 use crate::clock::{SharedClock, Timestamp};
 use crate::ids::new_id;
-use crate::model::{AfterAttempt, Attempt, Delivery, NewEvent};
+use crate::model::{AfterAttempt, Attempt, Delivery, ErrorKind, NewEvent};
 use crate::payload::{format_time, hex_sha256};
+use crate::secrets::SecretBox;
 use crate::settings::{DeliverySettings, RetrySchedule};
 use crate::signing;
 use crate::store::{ClaimRequest, Claimed, Recorded, Store, StoreError};
@@ -53,6 +54,7 @@ pub struct Engine {
     lanes: Mutex<HashSet<String>>,
     pacing: pacing::Pacing,
     next_sweep: Mutex<Option<Timestamp>>,
+    secrets: Arc<SecretBox>,
     tracker: TaskTracker,
 }
 
@@ -61,6 +63,7 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: SharedClock,
         settings: DeliverySettings,
+        secrets: Arc<SecretBox>,
     ) -> Arc<Engine> {
         let policy = EgressPolicy {
             allow_private: settings.allow_private,
@@ -76,8 +79,14 @@ impl Engine {
             wake: Notify::new(),
             lanes: Mutex::new(HashSet::new()),
             next_sweep: Mutex::new(None),
+            secrets,
             tracker: TaskTracker::new(),
         })
+    }
+
+    /// Seals and opens endpoint secrets.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
     }
 
     pub fn policy(&self) -> &EgressPolicy {
@@ -296,7 +305,19 @@ impl Engine {
         let attempted_at = self.clock.now();
         let delivery = &claimed.delivery;
         let timestamp = attempted_at.timestamp();
-        let secrets = claimed.endpoint.signing_secrets(attempted_at);
+        let opened: Result<Vec<String>, _> = claimed
+            .endpoint
+            .signing_secrets(attempted_at)
+            .into_iter()
+            .map(|sealed| self.secrets.open(sealed))
+            .collect();
+        let secrets = match opened {
+            Ok(secrets) => secrets,
+            Err(err) => {
+                return attempt::not_sent(attempted_at, ErrorKind::Request, err.to_string())
+            }
+        };
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let signature = signing::signature_header(
             &secrets,
             &delivery.event_id,
