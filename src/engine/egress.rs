@@ -27,6 +27,20 @@ pub enum EgressError {
     NoHost,
 }
 
+/// Why an endpoint URL was refused before any request was made.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL Herald can send to.
+    #[error("{0}")]
+    Invalid(String),
+    /// A literal address the policy refuses.
+    #[error("{0}")]
+    Blocked(String),
+}
+
+/// The longest endpoint URL accepted, in bytes.
+pub const MAX_URL: usize = 2048;
+
 /// The resolver's own errors, found again in a request error's source chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -57,6 +71,37 @@ impl EgressPolicy {
             return !is_reserved(ip) || is_local(ip);
         }
         !is_reserved(ip) && !is_local(ip)
+    }
+
+    /// Checks a URL a caller gives for an endpoint: its form, then what the policy can
+    /// tell without DNS. Credentials and fragments are refused: credentials would be
+    /// shown wherever the URL is, and a fragment is never sent.
+    pub fn validate_endpoint_url(&self, text: &str) -> Result<Url, UrlError> {
+        let text = text.trim();
+        if text.len() > MAX_URL {
+            return Err(UrlError::Invalid(format!(
+                "url is longer than {MAX_URL} bytes"
+            )));
+        }
+        let url = Url::parse(text)
+            .map_err(|e| UrlError::Invalid(format!("url '{text}' is not valid: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlError::Invalid(
+                "url must not carry a user name or password; put credentials in the receiver's path or query".to_string(),
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(UrlError::Invalid(format!(
+                "url '{text}' must not have a #fragment"
+            )));
+        }
+        match self.check_url(&url) {
+            Ok(()) => Ok(url),
+            Err(e @ EgressError::Blocked(_)) => {
+                Err(UrlError::Blocked(format!("url '{text}': {e}")))
+            }
+            Err(e) => Err(UrlError::Invalid(format!("url '{text}': {e}"))),
+        }
     }
 
     /// Checks what can be checked without DNS: scheme, and a literal address.
