@@ -14,6 +14,7 @@ use herald::settings::Settings;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+#[allow(unused_imports)]
 pub use receiver::{Receiver, Reply};
 
 /// How to start a test server.
