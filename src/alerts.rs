@@ -215,8 +215,8 @@ fn facts(detail: &AlertDetail, history: &str) -> String {
          Failing since:      {}\n\
          Failed deliveries:  {}\n\
          Still pending:      {}\n\
-         Last reply:         {}\n\
-         Event History:      {history}\n",
+         Last reply:         {}\n\n\
+         Event History:\n{history}\n",
         one_line(&detail.endpoint_name),
         detail.endpoint_url,
         time(detail.failing_since),

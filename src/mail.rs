@@ -233,7 +233,9 @@ impl Mailer {
 
     /// Sends one message to every address in `to`, in one SMTP transaction.
     pub async fn send(&self, to: &[String], subject: &str, body: String) -> Result<(), MailError> {
+        // A Message-ID made from this host's name, as receiving servers expect one.
         let mut message = Message::builder()
+            .message_id(None)
             .from(self.from.clone())
             .subject(subject)
             .header(ContentType::TEXT_PLAIN);
