@@ -8,7 +8,8 @@
 //! does not take is tried again later, with a wait that doubles per alert. Without
 //! `smtp-url` an alert is only logged.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,9 @@ pub struct AlertTask {
     mailer: Option<Mailer>,
     /// Where the links in e-mail point, without a trailing `/`.
     public_url: String,
+    /// Alerts e-mailed but not yet marked sent because the store failed: only the
+    /// marking is tried again, so a database hiccup does not repeat the e-mail.
+    sent_unmarked: Mutex<HashSet<String>>,
 }
 
 impl AlertTask {
@@ -61,6 +65,7 @@ impl AlertTask {
             clock,
             mailer,
             public_url: public_url.trim_end_matches('/').to_string(),
+            sent_unmarked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -107,6 +112,9 @@ impl AlertTask {
     }
 
     async fn pass_on(&self, alert: &Alert, cancel: &CancellationToken) -> Result<(), AlertError> {
+        if self.unmarked().contains(&alert.id) {
+            return self.mark_sent(alert).await;
+        }
         if alert.send_attempts == 0 {
             log_alert(alert);
         }
@@ -134,6 +142,7 @@ impl AlertTask {
         match sent {
             Ok(()) => {
                 info!(alert_id = %alert.id, recipients = recipients.len(), "alert e-mail sent");
+                self.unmarked().insert(alert.id.clone());
                 self.mark_sent(alert).await
             }
             Err(err) => self.postpone(alert, &err).await,
@@ -144,7 +153,12 @@ impl AlertTask {
         self.store
             .mark_alert_sent(&alert.id, self.clock.now())
             .await?;
+        self.unmarked().remove(&alert.id);
         Ok(())
+    }
+
+    fn unmarked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.sent_unmarked.lock().expect("alert set lock")
     }
 
     async fn postpone(&self, alert: &Alert, err: &MailError) -> Result<(), AlertError> {
