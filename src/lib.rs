@@ -26,6 +26,8 @@ pub mod ids;
 pub mod mail;
 pub mod model;
 pub mod payload;
+pub mod retention;
+pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod signing;

@@ -210,6 +210,8 @@ pub struct AttemptRecord {
     pub response_headers: String,
     pub response_body: Option<String>,
     pub response_truncated: bool,
+    /// The body was dropped to bound the history (neither the first nor the latest).
+    pub response_body_dropped: bool,
     pub error_kind: Option<String>,
     pub error: Option<String>,
 }
@@ -263,7 +265,7 @@ pub struct AlertDetail {
     pub endpoint_url: String,
     /// The first failed attempt of the outage.
     pub failing_since: Option<Timestamp>,
-    /// Deliveries that ended `failed` since the outage began.
+    /// The endpoint's deliveries that are `failed` (and not resent) at that moment.
     pub failed_deliveries: i64,
     /// Deliveries of the endpoint still waiting for an attempt.
     pub pending_deliveries: i64,

@@ -20,6 +20,7 @@ use crate::auth::{self, SignIn};
 use crate::clock::SharedClock;
 use crate::engine::Engine;
 use crate::mail::Mailer;
+use crate::secrets::SecretBox;
 use crate::settings::Settings;
 use crate::store::{SqliteStore, Store};
 
@@ -55,7 +56,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         );
     }
 
-    let engine = Engine::new(store.clone(), clock.clone(), settings.delivery.clone());
+    let secrets = Arc::new(open_secret_box(&settings)?);
+    let engine = Engine::new(
+        store.clone(),
+        clock.clone(),
+        settings.delivery.clone(),
+        secrets,
+    );
     let alerts = AlertTask::new(
         store.clone(),
         clock.clone(),
@@ -78,6 +85,12 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(crate::retention::run(
+        store.clone(),
+        clock.clone(),
+        state.settings.retention,
+        cancel.clone(),
+    )));
     tasks.push(tokio::spawn(alerts.run(cancel.clone())));
     let shutdown = cancel.clone();
     tasks.push(tokio::spawn(async move {
@@ -109,6 +122,19 @@ impl Server {
         }
         info!("herald stopped");
     }
+}
+
+fn open_secret_box(settings: &Settings) -> anyhow::Result<SecretBox> {
+    if let Some(key) = &settings.secret_key {
+        return SecretBox::from_base64(key).context("invalid secret-key setting");
+    }
+    let path = settings.secret_key_path();
+    let (secrets, created) = SecretBox::from_key_file(&path)
+        .with_context(|| format!("cannot use the secret key file {}", path.display()))?;
+    if created {
+        info!(path = %path.display(), "created the key that seals endpoint secrets; back it up with the database");
+    }
+    Ok(secrets)
 }
 
 /// One process owns an SQLite data directory; a second would corrupt the queue's leases.

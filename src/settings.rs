@@ -66,6 +66,11 @@ pub struct Settings {
     /// The sender of alert e-mail; `None` means [`crate::mail::default_from`].
     pub smtp_from: Option<String>,
     pub log_format: LogFormat,
+    /// How long events and their history are kept once every delivery is settled.
+    pub retention: Duration,
+    /// Base64 of the 32-byte key that seals endpoint secrets; without it, a key file in
+    /// the data directory is used (and created on first start).
+    pub secret_key: Option<String>,
     pub delivery: DeliverySettings,
 }
 
@@ -79,10 +84,15 @@ pub struct DeliverySettings {
     pub success: SuccessRule,
     /// How many endpoints may have an attempt in flight at once, in this process.
     pub max_concurrent_endpoints: usize,
+    /// Requests per minute an endpoint gets while it is down (after several failures in
+    /// a row), however many deliveries wait for it.
+    pub down_endpoint_rate: u32,
     /// How long the old secret keeps signing after a rotation.
     pub secret_grace: Duration,
     /// Allows loopback and private addresses and plain `http` URLs.
     pub allow_private: bool,
+    /// Networks receivers may be in even though they are not public.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -99,6 +109,8 @@ impl Settings {
             smtp_url: None,
             smtp_from: None,
             log_format: LogFormat::Text,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            secret_key: None,
             delivery: DeliverySettings {
                 retry_interval: Duration::from_secs(60),
                 retry_window: Duration::from_secs(4 * 3600),
@@ -106,14 +118,20 @@ impl Settings {
                 attempt_timeout: Duration::from_secs(30),
                 success: SuccessRule::Any2xx,
                 max_concurrent_endpoints: 256,
+                down_endpoint_rate: 10,
                 secret_grace: Duration::from_secs(24 * 3600),
                 allow_private: false,
+                allow_networks: Vec::new(),
             },
         }
     }
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("herald.db")
+    }
+
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.data_dir.join("secret-key")
     }
 
     pub fn initial_token_path(&self) -> PathBuf {
@@ -183,6 +201,19 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONCURRENT_ENDPOINTS")]
     pub max_concurrent_endpoints: Option<usize>,
 
+    /// Requests per minute to an endpoint that is down [default: 10]
+    #[arg(long, env = "HERALD_DOWN_ENDPOINT_RATE")]
+    pub down_endpoint_rate: Option<u32>,
+
+    /// A network receivers may be in although it is not public, like 10.1.0.0/16
+    /// (repeat, or separate with commas); cloud metadata addresses stay refused
+    #[arg(
+        long = "allow-network",
+        env = "HERALD_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub allow_networks: Vec<ipnet::IpNet>,
+
     /// Development mode: also send to loopback and private addresses and plain http
     #[arg(long, env = "HERALD_DEV", value_parser = parse_flag, num_args = 0..=1,
           default_missing_value = "true")]
@@ -201,6 +232,14 @@ pub struct ServeArgs {
     /// Base URL of this server, used for links in e-mails [default: http://<listen>]
     #[arg(long, env = "HERALD_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// How long settled events and their history are kept [default: 30days]
+    #[arg(long, env = "HERALD_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// Key that seals endpoint secrets (base64 of 32 bytes) [default: <data dir>/secret-key]
+    #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
 
     /// Log format [default: text]
     #[arg(long, env = "HERALD_LOG_FORMAT")]
@@ -225,11 +264,16 @@ struct FileSettings {
     #[serde(default, with = "humantime_serde_opt")]
     secret_grace: Option<Duration>,
     max_concurrent_endpoints: Option<usize>,
+    down_endpoint_rate: Option<u32>,
+    allow_networks: Option<Vec<ipnet::IpNet>>,
     dev: Option<bool>,
     smtp_url: Option<String>,
     smtp_from: Option<String>,
     public_url: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
+    secret_key: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -274,7 +318,15 @@ impl ServeArgs {
             file.max_concurrent_endpoints,
         )
         .unwrap_or(d.max_concurrent_endpoints);
+        d.down_endpoint_rate =
+            pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
+        s.retention = pick(&self.retention, file.retention).unwrap_or(s.retention);
+        s.secret_key = pick(&self.secret_key, file.secret_key);
         d.allow_private = s.dev;
+        d.allow_networks = match (self.allow_networks.is_empty(), file.allow_networks) {
+            (true, Some(networks)) => networks,
+            _ => self.allow_networks.clone(),
+        };
         s.public_url = pick(&self.public_url, file.public_url)
             .unwrap_or_else(|| format!("http://{}", s.listen));
 
@@ -302,6 +354,10 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
         !d.attempt_timeout.is_zero(),
         "attempt-timeout must be more than 0"
+    );
+    anyhow::ensure!(
+        d.down_endpoint_rate > 0,
+        "down-endpoint-rate must be more than 0"
     );
     anyhow::ensure!(
         d.max_concurrent_endpoints > 0,

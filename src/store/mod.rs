@@ -247,6 +247,15 @@ pub trait Store: Send + Sync + 'static {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded>;
+    /// Fails every pending, unclaimed delivery whose first attempt was before `cutoff`:
+    /// its retry window ended without a success while it waited (its endpoint was
+    /// disabled, or paced because it was down). Raises the failing alert as an attempt
+    /// would. Returns how many deliveries failed.
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64>;
+    /// Deletes up to `batch` events accepted before `before` whose deliveries are all
+    /// settled, with their deliveries and attempts, and sent alerts older than that.
+    /// Returns how many events went.
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64>;
     /// Releases every lease; only for a store that a single process owns.
     async fn release_all_leases(&self) -> StoreResult<u64>;
 

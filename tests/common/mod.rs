@@ -1,8 +1,7 @@
 //! Shared test helpers: the real server on port 0 with a temporary data directory and a
 //! manual clock, a scripted receiver speaking HTTP/1.1 over loopback, and an SMTP sink.
 
-// Each test binary uses only some of these helpers.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod receiver;
 pub mod smtp;
@@ -16,7 +15,9 @@ use herald::settings::Settings;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+#[allow(unused_imports)]
 pub use receiver::{Receiver, Reply};
+#[allow(unused_imports)]
 pub use smtp::{Mail, SmtpSink};
 
 /// The password every user made by [`TestServer::add_user`] has.

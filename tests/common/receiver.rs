@@ -55,6 +55,7 @@ struct State {
     head_status: u16,
     requests: Vec<Received>,
     body_bytes_sent: usize,
+    connections: usize,
 }
 
 pub struct Receiver {
@@ -84,12 +85,14 @@ impl Receiver {
             head_status: 200,
             requests: Vec::new(),
             body_bytes_sent: 0,
+            connections: 0,
         }));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (accept_state, accept_tasks) = (state.clone(), tasks.clone());
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = accept_state.clone();
+                state.lock().unwrap().connections += 1;
                 accept_tasks
                     .lock()
                     .unwrap()
@@ -126,6 +129,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// How many TCP connections were accepted, whether or not they carried a request.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn body_bytes_sent(&self) -> usize {

@@ -144,6 +144,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRecord {
         response_headers: row.get("response_headers"),
         response_body: row.get("response_body"),
         response_truncated: row.get("response_truncated"),
+        response_body_dropped: row.get("response_body_dropped"),
         error_kind: row.get("error_kind"),
         error: row.get("error"),
     }
@@ -244,6 +245,23 @@ async fn replay_idempotent(
     }))
 }
 
+/// What an alert says about the endpoint's last failure.
+struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: describe_failure(attempt),
+        }
+    }
+}
+
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
     conn: &mut SqliteConnection,
@@ -252,7 +270,7 @@ async fn track_outage(
     after: AfterAttempt,
 ) -> StoreResult<()> {
     let endpoint_id = &claimed.endpoint.id;
-    let at = micros(attempt.attempted_at);
+    let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
         let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
             "DELETE FROM endpoint_outages WHERE endpoint_id = ? \
@@ -262,41 +280,51 @@ async fn track_outage(
         .fetch_optional(&mut *conn)
         .await?;
         if let Some((failing_since, Some(_))) = closed {
-            let outage = from_micros(failing_since);
-            insert_alert(conn, AlertKind::EndpointRecovered, claimed, attempt, outage).await?;
+            let since = from_micros(failing_since);
+            insert_alert(
+                conn,
+                AlertKind::EndpointRecovered,
+                endpoint_id,
+                &last,
+                since,
+            )
+            .await?;
         }
         return Ok(());
     }
 
-    let last_error = describe_failure(attempt);
     sqlx::query(
         "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) VALUES (?, ?, ?) \
          ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
     )
     .bind(endpoint_id)
-    .bind(at)
-    .bind(&last_error)
+    .bind(micros(last.at))
+    .bind(&last.error)
     .execute(&mut *conn)
     .await?;
-    if after != AfterAttempt::Failed {
-        return Ok(());
+    if after == AfterAttempt::Failed {
+        raise_failing(conn, endpoint_id, &last).await?;
     }
-    let newly_alerted = sqlx::query(
-        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL",
+    Ok(())
+}
+
+/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
+async fn raise_failing(
+    conn: &mut SqliteConnection,
+    endpoint_id: &str,
+    last: &LastFailure,
+) -> StoreResult<()> {
+    let newly_alerted: Option<i64> = sqlx::query_scalar(
+        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL \
+         RETURNING failing_since",
     )
-    .bind(at)
+    .bind(micros(last.at))
     .bind(endpoint_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if newly_alerted == 1 {
-        let failing_since: i64 =
-            sqlx::query_scalar("SELECT failing_since FROM endpoint_outages WHERE endpoint_id = ?")
-                .bind(endpoint_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        let outage = from_micros(failing_since);
-        insert_alert(conn, AlertKind::EndpointFailing, claimed, attempt, outage).await?;
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(failing_since) = newly_alerted {
+        let since = from_micros(failing_since);
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
     }
     Ok(())
 }
@@ -309,33 +337,35 @@ fn describe_failure(attempt: &Attempt) -> String {
     }
 }
 
-/// Records an alert with what an e-mail about it says. `failed_deliveries` counts the
-/// deliveries that ended `failed` since the outage began.
+/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
+/// `last` is the successful attempt, so it has a status and no error.
 async fn insert_alert(
     conn: &mut SqliteConnection,
     kind: AlertKind,
-    claimed: &Claimed,
-    attempt: &Attempt,
+    endpoint_id: &str,
+    last: &LastFailure,
     failing_since: Timestamp,
 ) -> StoreResult<()> {
-    let endpoint = &claimed.endpoint;
-    let counts = sqlx::query(
-        "SELECT sum(status = 'failed' AND last_attempt_at >= ?) AS failed, \
-         sum(status = 'pending') AS pending FROM deliveries WHERE endpoint_id = ?",
+    let facts = sqlx::query(
+        "SELECT e.name, e.url, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
+           AS failed, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
+           AS pending \
+         FROM endpoints e WHERE e.id = ?",
     )
-    .bind(micros(failing_since))
-    .bind(&endpoint.id)
+    .bind(endpoint_id)
     .fetch_one(&mut *conn)
     .await?;
     let detail = AlertDetail {
-        endpoint_name: endpoint.name.clone(),
-        endpoint_url: endpoint.url.clone(),
+        endpoint_name: facts.get("name"),
+        endpoint_url: facts.get("url"),
         failing_since: Some(failing_since),
-        failed_deliveries: counts.get::<Option<i64>, _>("failed").unwrap_or(0),
-        pending_deliveries: counts.get::<Option<i64>, _>("pending").unwrap_or(0),
-        last_status: attempt.status_code,
-        last_error: (!attempt.succeeded()).then(|| describe_failure(attempt)),
-        at: attempt.attempted_at,
+        failed_deliveries: facts.get("failed"),
+        pending_deliveries: facts.get("pending"),
+        last_status: last.status,
+        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
+        at: last.at,
     };
     let detail = serde_json::to_string(&detail).expect("alert detail serializes");
     sqlx::query(
@@ -343,8 +373,8 @@ async fn insert_alert(
     )
     .bind(new_id("alr"))
     .bind(kind.as_str())
-    .bind(&endpoint.id)
-    .bind(micros(attempt.attempted_at))
+    .bind(endpoint_id)
+    .bind(micros(last.at))
     .bind(detail)
     .execute(&mut *conn)
     .await?;
@@ -461,6 +491,17 @@ async fn record_in(
     if updated == 0 {
         return Ok(false);
     }
+
+    // Only the first and the latest reply bodies are kept: a receiver that answers every
+    // retry with the same large error page must not fill the disk with copies of it.
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
+    )
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?;
 
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     sqlx::query(
@@ -887,7 +928,7 @@ impl Store for SqliteStore {
         };
         let attempts = sqlx::query(
             "SELECT attempted_at, duration_ms, status_code, response_headers, response_body, \
-             response_truncated, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
+             response_truncated, response_body_dropped, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
         )
         .bind(row.get::<i64, _>("seq"))
         .fetch_all(&self.reader)
@@ -987,6 +1028,75 @@ impl Store for SqliteStore {
         self.writer_queue
             .record(claimed.clone(), attempt.clone(), after, then_claim)
             .await
+    }
+
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let endpoints: Vec<String> = sqlx::query_scalar(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
+             WHERE status = 'pending' AND first_attempt_at < ? \
+             AND (lease_until IS NULL OR lease_until <= ?) RETURNING endpoint_id",
+        )
+        .bind(micros(cutoff))
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = endpoints.len() as u64;
+        let mut endpoints = endpoints;
+        endpoints.sort();
+        endpoints.dedup();
+        for endpoint_id in endpoints {
+            let last_error: Option<String> =
+                sqlx::query_scalar("SELECT last_error FROM endpoint_outages WHERE endpoint_id = ?")
+                    .bind(&endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+            let error = last_error.unwrap_or_else(|| "retry window ended".to_string());
+            let last = LastFailure {
+                at: now,
+                status: None,
+                error,
+            };
+            sqlx::query(
+                "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+                 VALUES (?, ?, ?) ON CONFLICT (endpoint_id) DO NOTHING",
+            )
+            .bind(&endpoint_id)
+            .bind(micros(now))
+            .bind(&last.error)
+            .execute(&mut *tx)
+            .await?;
+            raise_failing(&mut tx, &endpoint_id, &last).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT v.id FROM events v WHERE v.created_at < ? AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = v.id AND d.status = 'pending') \
+             ORDER BY v.created_at LIMIT ?",
+        )
+        .bind(micros(before))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = serde_json::to_string(&events).expect("strings serialize");
+        for sql in [
+            "DELETE FROM deliveries WHERE event_id IN (SELECT value FROM json_each(?))",
+            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
+        ] {
+            sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM alerts WHERE created_at < ? AND sent_at IS NOT NULL")
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events.len() as u64)
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
