@@ -83,7 +83,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+pub(super) fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(ApiError::unprocessable(
@@ -170,7 +170,7 @@ pub async fn create_endpoint(
     Ok((StatusCode::CREATED, Json(endpoint.into())))
 }
 
-fn missing(field: &str) -> ApiError {
+pub(super) fn missing(field: &str) -> ApiError {
     ApiError::unprocessable("missing_field", format!("field '{field}' is required"))
 }
 
