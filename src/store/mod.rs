@@ -91,6 +91,22 @@ pub struct Recorded {
     pub next: Option<Claimed>,
 }
 
+/// One attempt's outcome, ready to be recorded.
+#[derive(Clone, Debug)]
+pub struct AttemptOutcome {
+    pub claimed: Claimed,
+    pub attempt: Attempt,
+    pub after: AfterAttempt,
+}
+
+/// What recording several attempts did, and the lane's next claims.
+#[derive(Clone, Debug, Default)]
+pub struct RecordedMany {
+    /// Per outcome, false when its delivery no longer exists.
+    pub stored: Vec<bool>,
+    pub next: Vec<Claimed>,
+}
+
 /// The health of an endpoint, for lists and the console.
 #[derive(Clone, Debug)]
 pub struct Outage {
@@ -238,6 +254,39 @@ pub trait Store: Send + Sync + 'static {
     /// with a lease that keeps other workers off it until `lease_until`. Nothing is
     /// claimed for a disabled or deleted endpoint.
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>>;
+    /// Claims up to `limit` of the endpoint's due deliveries, in order, under one lease.
+    /// A store that cannot claim several at once claims one.
+    async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
+        let _ = limit;
+        Ok(self.claim_next(request).await?.into_iter().collect())
+    }
+
+    /// Records several attempts and makes the lane's next claim of up to `limit`
+    /// deliveries. A store that cannot batch records them one by one.
+    async fn record_many(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
+        let mut recorded = RecordedMany::default();
+        let last = outcomes.len().checked_sub(1);
+        for (n, outcome) in outcomes.iter().enumerate() {
+            let claim = then_claim
+                .clone()
+                .filter(|_| Some(n) == last)
+                .map(|(request, _)| request);
+            let one = self
+                .record_attempt(&outcome.claimed, &outcome.attempt, outcome.after, claim)
+                .await?;
+            recorded.stored.push(one.stored);
+            recorded.next.extend(one.next);
+        }
+        if let (None, Some((request, limit))) = (last, then_claim) {
+            recorded.next = self.claim_many(request, limit).await?;
+        }
+        Ok(recorded)
+    }
+
     /// Records an attempt and the delivery's new state, releasing its lease, and makes
     /// the lane's next claim in the same transaction.
     async fn record_attempt(

@@ -15,10 +15,20 @@ pub struct Herald {
 }
 
 impl Herald {
-    pub async fn start(binary: &Path, database_url: Option<&str>, extra: &[&str]) -> anyhow::Result<Herald> {
-        let data = std::env::temp_dir().join(format!("herald-bench-{}-{}", std::process::id(), ulid::Ulid::new()));
+    pub async fn start(
+        binary: &Path,
+        database_url: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Herald> {
+        let data = std::env::temp_dir().join(format!(
+            "herald-bench-{}-{}",
+            std::process::id(),
+            ulid::Ulid::new()
+        ));
         std::fs::create_dir_all(&data)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -36,12 +46,23 @@ impl Herald {
         let token_path = data.as_path().join("initial-admin-token");
         let started = Instant::now();
         while !token_path.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "herald did not start");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "herald did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let token = std::fs::read_to_string(token_path)?.trim().to_string();
-        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-        Ok(Herald { child, base: format!("http://127.0.0.1:{port}"), token, http, data })
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Herald {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            token,
+            http,
+            data,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -59,7 +80,10 @@ impl Herald {
             .await?
             .json()
             .await?;
-        answer["id"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no endpoint id: {answer}"))
+        answer["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no endpoint id: {answer}"))
     }
 }
 
@@ -86,7 +110,12 @@ pub fn resident_mib(pid: u32) -> f64 {
 /// CPU time a process has used, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0

@@ -17,7 +17,13 @@ fn event_body(event: &str, n: usize) -> Value {
 }
 
 async fn post(http: &reqwest::Client, base: &str, token: &str, body: &Value) -> Option<String> {
-    let response = http.post(format!("{base}/api/v1/events")).bearer_auth(token).json(body).send().await.ok()?;
+    let response = http
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
     if response.status() != 202 {
         return None;
     }
@@ -27,13 +33,23 @@ async fn post(http: &reqwest::Client, base: &str, token: &str, body: &Value) -> 
 
 /// Posts with `clients` concurrent clients until `count` events are accepted or `limit`
 /// has passed; returns what was accepted and how long it took.
-pub async fn burst(herald: &Herald, event: &str, clients: usize, count: usize, limit: Duration) -> (Accepted, Duration) {
+pub async fn burst(
+    herald: &Herald,
+    event: &str,
+    clients: usize,
+    count: usize,
+    limit: Duration,
+) -> (Accepted, Duration) {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let accepted = Arc::new(Mutex::new(Vec::with_capacity(count.min(1 << 20))));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, base, token) = (herald.http.clone(), herald.base.clone(), herald.token.clone());
+        let (http, base, token) = (
+            herald.http.clone(),
+            herald.base.clone(),
+            herald.token.clone(),
+        );
         let (next, accepted, event) = (next.clone(), accepted.clone(), event.to_string());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -64,7 +80,11 @@ pub async fn steady(herald: &Herald, event: &str, rate: u32, duration: Duration)
     let mut n = 0;
     while started.elapsed() < duration {
         tick.tick().await;
-        let (http, base, token) = (herald.http.clone(), herald.base.clone(), herald.token.clone());
+        let (http, base, token) = (
+            herald.http.clone(),
+            herald.base.clone(),
+            herald.token.clone(),
+        );
         let (accepted, event) = (accepted.clone(), event.to_string());
         n += 1;
         tasks.push(tokio::spawn(async move {
@@ -83,7 +103,10 @@ pub async fn steady(herald: &Herald, event: &str, rate: u32, duration: Duration)
 /// Posts straight to a URL with `clients` concurrent clients for `duration`; returns
 /// how many requests were answered.
 pub async fn ceiling(url: &str, clients: usize, duration: Duration) -> usize {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client builds");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client builds");
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -92,7 +115,12 @@ pub async fn ceiling(url: &str, clients: usize, duration: Duration) -> usize {
         tasks.push(tokio::spawn(async move {
             let body = event_body("account.status", 1).to_string();
             while started.elapsed() < duration {
-                let sent = http.post(&url).header("webhook-id", "ceiling").body(body.clone()).send().await;
+                let sent = http
+                    .post(&url)
+                    .header("webhook-id", "ceiling")
+                    .body(body.clone())
+                    .send()
+                    .await;
                 if sent.is_ok() {
                     answered.fetch_add(1, Ordering::Relaxed);
                 }

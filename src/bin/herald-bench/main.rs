@@ -25,7 +25,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run, comma-separated
-    #[arg(long, value_delimiter = ',', default_value = "ceiling,ingest,e2e,steady,isolation,backlog")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ceiling,ingest,e2e,steady,isolation,backlog"
+    )]
     scenarios: Vec<String>,
     /// Deliveries waiting on a dead endpoint in the backlog scenario
     #[arg(long)]
@@ -34,6 +38,8 @@ pub struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(scenarios::run(args))
 }

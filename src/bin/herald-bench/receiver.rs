@@ -45,12 +45,14 @@ pub async fn start_fast(arrivals: Arrivals) -> String {
 
 /// Starts a receiver that reads requests and never answers them.
 pub async fn start_silent() -> String {
-    let app = Router::new().fallback(|| std::future::pending::<&'static str>());
+    let app = Router::new().fallback(std::future::pending::<&'static str>);
     serve(app).await
 }
 
 async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("receiver binds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("receiver binds");
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")

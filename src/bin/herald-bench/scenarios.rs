@@ -51,8 +51,15 @@ impl Sizes {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let sizes = Sizes::of(&args);
-    let store = args.database_url.as_deref().map_or("sqlite", |u| u.split(':').next().unwrap_or("?"));
-    println!("herald-bench: store={store} quick={} commit={}", args.quick, commit());
+    let store = args
+        .database_url
+        .as_deref()
+        .map_or("sqlite", |u| u.split(':').next().unwrap_or("?"));
+    println!(
+        "herald-bench: store={store} quick={} commit={}",
+        args.quick,
+        commit()
+    );
     let mut ceiling = None;
     let mut steady_p99 = None;
     let mut e2e_rate = None;
@@ -79,7 +86,9 @@ fn commit() -> String {
 }
 
 fn share(value: f64, ceiling: Option<f64>) -> String {
-    ceiling.map_or(String::new(), |c| format!(" ({:.1}% of ceiling)", 100.0 * value / c))
+    ceiling.map_or(String::new(), |c| {
+        format!(" ({:.1}% of ceiling)", 100.0 * value / c)
+    })
 }
 
 async fn run_ceiling(sizes: &Sizes) -> f64 {
@@ -94,23 +103,28 @@ async fn run_ingest(args: &Args, sizes: &Sizes, ceiling: Option<f64>) -> anyhow:
     let herald = Herald::start(&args.herald, args.database_url.as_deref(), &[]).await?;
     let url = receiver::start_fast(Arrivals::default()).await;
     herald.endpoint(&url, FAST_EVENT).await?;
-    let (accepted, elapsed) = load::burst(&herald, FAST_EVENT, CLIENTS, usize::MAX, sizes.seconds).await;
+    let (accepted, elapsed) =
+        load::burst(&herald, FAST_EVENT, CLIENTS, usize::MAX, sizes.seconds).await;
     let rate = accepted.len() as f64 / elapsed.as_secs_f64();
-    println!("ingest     events/s={rate:.0}{} clients={CLIENTS}", share(rate, ceiling));
+    println!(
+        "ingest     events/s={rate:.0}{} clients={CLIENTS}",
+        share(rate, ceiling)
+    );
     Ok(())
 }
 
 /// Latency from each event's 202 to each of its arrivals, in milliseconds, sorted.
 fn latencies(accepted: &load::Accepted, arrivals: &HashMap<String, Vec<Instant>>) -> Vec<f64> {
-    let mut all: Vec<f64> = accepted
-        .iter()
-        .flat_map(|(id, at)| {
-            let at = *at;
-            arrivals.get(id).into_iter().flatten().map(move |arrived| {
-                arrived.saturating_duration_since(at).as_secs_f64() * 1000.0
+    let mut all: Vec<f64> =
+        accepted
+            .iter()
+            .flat_map(|(id, at)| {
+                let at = *at;
+                arrivals.get(id).into_iter().flatten().map(move |arrived| {
+                    arrived.saturating_duration_since(at).as_secs_f64() * 1000.0
+                })
             })
-        })
-        .collect();
+            .collect();
     all.sort_by(f64::total_cmp);
     all
 }
@@ -163,20 +177,36 @@ impl BurstFigures {
 }
 
 /// A burst of events to `endpoints` fast endpoints on a fresh Herald (or the given one).
-async fn burst_to(args: &Args, sizes: &Sizes, endpoints: usize, extra: &[&str]) -> anyhow::Result<(BurstFigures, Herald)> {
+async fn burst_to(
+    args: &Args,
+    sizes: &Sizes,
+    endpoints: usize,
+    extra: &[&str],
+) -> anyhow::Result<(BurstFigures, Herald)> {
     let herald = Herald::start(&args.herald, args.database_url.as_deref(), extra).await?;
     let figures = burst_on(&herald, sizes, endpoints).await?;
     Ok((figures, herald))
 }
 
-async fn burst_on(herald: &Herald, sizes: &Sizes, endpoints: usize) -> anyhow::Result<BurstFigures> {
+async fn burst_on(
+    herald: &Herald,
+    sizes: &Sizes,
+    endpoints: usize,
+) -> anyhow::Result<BurstFigures> {
     let arrivals = Arrivals::default();
     let url = receiver::start_fast(arrivals.clone()).await;
     for n in 0..endpoints {
         herald.endpoint(&format!("{url}/{n}"), FAST_EVENT).await?;
     }
     let started = Instant::now();
-    let (accepted, _) = load::burst(herald, FAST_EVENT, CLIENTS, sizes.burst, Duration::from_secs(600)).await;
+    let (accepted, _) = load::burst(
+        herald,
+        FAST_EVENT,
+        CLIENTS,
+        sizes.burst,
+        Duration::from_secs(600),
+    )
+    .await;
     let expected = accepted.len() * endpoints;
     let done = wait_for(&arrivals, expected, Duration::from_secs(600)).await;
     let delivered = arrivals.count();
@@ -210,7 +240,12 @@ async fn run_steady(args: &Args, sizes: &Sizes) -> anyhow::Result<f64> {
 }
 
 async fn run_isolation(args: &Args, sizes: &Sizes, steady_p99: Option<f64>) -> anyhow::Result<()> {
-    let herald = Herald::start(&args.herald, args.database_url.as_deref(), &["--attempt-timeout", "30s"]).await?;
+    let herald = Herald::start(
+        &args.herald,
+        args.database_url.as_deref(),
+        &["--attempt-timeout", "30s"],
+    )
+    .await?;
     let arrivals = Arrivals::default();
     let fast = receiver::start_fast(arrivals.clone()).await;
     let silent = receiver::start_silent().await;
@@ -233,16 +268,26 @@ async fn run_backlog(args: &Args, sizes: &Sizes, empty_rate: Option<f64>) -> any
     let dead = closed_port_url()?;
     herald.endpoint(&dead, DEAD_EVENT).await?;
     let filled = Instant::now();
-    let (accepted, _) = load::burst(&herald, DEAD_EVENT, CLIENTS, sizes.backlog, Duration::from_secs(3600)).await;
+    let (accepted, _) = load::burst(
+        &herald,
+        DEAD_EVENT,
+        CLIENTS,
+        sizes.backlog,
+        Duration::from_secs(3600),
+    )
+    .await;
     let fill_seconds = filled.elapsed().as_secs_f64();
 
     let cpu_before = cpu_seconds(herald.pid());
     tokio::time::sleep(sizes.idle_seconds).await;
-    let idle_cpu = 100.0 * (cpu_seconds(herald.pid()) - cpu_before) / sizes.idle_seconds.as_secs_f64();
+    let idle_cpu =
+        100.0 * (cpu_seconds(herald.pid()) - cpu_before) / sizes.idle_seconds.as_secs_f64();
     let idle_rss = resident_mib(herald.pid());
 
     let figures = burst_on(&herald, sizes, 10).await?;
-    let ratio = empty_rate.map_or(String::new(), |r| format!(" ({:.2}x empty backlog)", figures.per_second / r));
+    let ratio = empty_rate.map_or(String::new(), |r| {
+        format!(" ({:.2}x empty backlog)", figures.per_second / r)
+    });
     println!(
         "backlog    waiting={} (filled in {fill_seconds:.0}s) idle_cpu={idle_cpu:.1}% rss_mib={idle_rss:.0} then e2e x10 deliveries/s={:.0}{ratio} rss_mib={:.0}",
         accepted.len(),
@@ -254,6 +299,8 @@ async fn run_backlog(args: &Args, sizes: &Sizes, empty_rate: Option<f64>) -> any
 
 /// A URL on a loopback port where nothing listens: every attempt is refused at once.
 fn closed_port_url() -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     Ok(format!("http://127.0.0.1:{port}/dead"))
 }

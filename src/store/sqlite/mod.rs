@@ -425,41 +425,77 @@ async fn endpoint_in(conn: &mut SqliteConnection, id: &str) -> StoreResult<Optio
 async fn claim_in(
     conn: &mut SqliteConnection,
     request: &ClaimRequest,
-) -> StoreResult<Option<Claimed>> {
+    limit: usize,
+) -> StoreResult<Vec<Claimed>> {
     let Some(endpoint) = endpoint_in(conn, &request.endpoint_id).await? else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     if !endpoint.enabled {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let per_object = endpoint.ordering == Ordering::PerObject;
-    let seq: Option<i64> = sqlx::query_scalar(
-        "UPDATE deliveries SET lease_until = ?3 WHERE seq = ( \
+    let mut seqs: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET lease_until = ?3 WHERE seq IN ( \
            SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
            AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
            AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
              AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
-           ORDER BY d.seq LIMIT 1) RETURNING seq",
+           ORDER BY d.seq LIMIT ?5) RETURNING seq",
     )
     .bind(&request.endpoint_id)
     .bind(micros(request.now))
     .bind(micros(request.lease_until))
     .bind(per_object)
-    .fetch_optional(&mut *conn)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(seq) = seq else {
-        return Ok(None);
-    };
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    seqs.sort_unstable();
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-         WHERE d.seq = ?"
+         WHERE d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.seq"
     );
-    let row = sqlx::query(&sql).bind(seq).fetch_one(&mut *conn).await?;
-    Ok(Some(Claimed {
-        seq,
-        delivery: delivery_from_row(&row),
-        endpoint,
-    }))
+    let seq_list = serde_json::to_string(&seqs).expect("numbers serialize");
+    let rows = sqlx::query(&sql)
+        .bind(seq_list)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Claimed {
+            seq: row.get("seq"),
+            delivery: delivery_from_row(row),
+            endpoint: endpoint.clone(),
+        })
+        .collect())
+}
+
+/// Notes when each endpoint in `outcomes` was last sent to.
+async fn touch_endpoints(
+    conn: &mut SqliteConnection,
+    outcomes: &[AttemptOutcome],
+) -> StoreResult<()> {
+    let mut latest: Vec<(&str, Timestamp)> = Vec::new();
+    for outcome in outcomes {
+        let (id, at) = (
+            outcome.claimed.endpoint.id.as_str(),
+            outcome.attempt.attempted_at,
+        );
+        match latest.iter_mut().find(|(known, _)| *known == id) {
+            Some(entry) => entry.1 = entry.1.max(at),
+            None => latest.push((id, at)),
+        }
+    }
+    for (id, at) in latest {
+        sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Records an attempt on a connection inside a transaction; false when the delivery is gone.
@@ -494,14 +530,16 @@ async fn record_in(
 
     // Only the first and the latest reply bodies are kept: a receiver that answers every
     // retry with the same large error page must not fill the disk with copies of it.
-    sqlx::query(
-        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+    if claimed.delivery.attempt_count >= 2 {
+        sqlx::query(
+            "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
          WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
          AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
-    )
-    .bind(claimed.seq)
-    .execute(&mut *conn)
-    .await?;
+        )
+        .bind(claimed.seq)
+        .execute(&mut *conn)
+        .await?;
+    }
 
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     sqlx::query(
@@ -520,11 +558,6 @@ async fn record_in(
     .bind(&attempt.error)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
-        .bind(at)
-        .bind(&claimed.endpoint.id)
-        .execute(&mut *conn)
-        .await?;
     if !claimed.delivery.test {
         track_outage(conn, claimed, attempt, after).await?;
     }
@@ -1015,7 +1048,19 @@ impl Store for SqliteStore {
     }
 
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
-        self.writer_queue.claim(request).await
+        Ok(self.writer_queue.claim(request, 1).await?.pop())
+    }
+
+    async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
+        self.writer_queue.claim(request, limit).await
+    }
+
+    async fn record_many(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
+        self.writer_queue.record(outcomes, then_claim).await
     }
 
     async fn record_attempt(
@@ -1025,9 +1070,19 @@ impl Store for SqliteStore {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded> {
-        self.writer_queue
-            .record(claimed.clone(), attempt.clone(), after, then_claim)
-            .await
+        let outcome = AttemptOutcome {
+            claimed: claimed.clone(),
+            attempt: attempt.clone(),
+            after,
+        };
+        let many = self
+            .writer_queue
+            .record(vec![outcome], then_claim.map(|r| (r, 1)))
+            .await?;
+        Ok(Recorded {
+            stored: many.stored.first().copied().unwrap_or(false),
+            next: many.next.into_iter().next(),
+        })
     }
 
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
