@@ -8,6 +8,7 @@
 //!   through the engine's guarded client for the URL check and test webhooks);
 //! - [`engine`]: the delivery engine that claims due deliveries and attempts them;
 //! - [`store`]: the database, the only place state lives;
+//! - [`console`]: the web console at `/`, which acts only through the API's functions;
 //! - [`cli`]: the `herald` command line, including the local `listen` receiver;
 //! - [`settings`]: flags, environment and the settings file, merged once at start.
 //!
@@ -18,6 +19,7 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod engine;
 pub mod ids;
 pub mod model;

@@ -266,3 +266,16 @@ pub struct Principal {
     pub token_id: String,
     pub super_admin: bool,
 }
+
+/// A signed-in console user's session, as stored. The cookie carries a random id; the
+/// store keeps only its hash.
+#[derive(Clone, Debug)]
+pub struct ConsoleSession {
+    pub id_hash: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// Sent back in every console form and compared before any change is made.
+    pub csrf_token: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}

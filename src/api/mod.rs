@@ -5,8 +5,8 @@
 //! token. Handlers never attempt a delivery themselves: they commit, then wake the
 //! engine (the test webhook and the URL check go through the engine's guarded client).
 
-mod deliveries;
-mod endpoints;
+pub mod deliveries;
+pub mod endpoints;
 mod error;
 mod event_types;
 mod events;

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 use crate::clock::Timestamp;
 use crate::model::{
-    AfterAttempt, Alert, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
-    EndpointFields, EventType, NewEvent, Principal,
+    AfterAttempt, Alert, Attempt, AttemptRecord, ConsoleSession, Delivery, DeliveryStatus,
+    Endpoint, EndpointFields, EventType, NewEvent, Principal,
 };
 
 pub use sqlite::SqliteStore;
@@ -210,6 +210,16 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64>;
     /// Releases every lease; only for a store that a single process owns.
     async fn release_all_leases(&self) -> StoreResult<u64>;
+
+    /// How many deliveries of the endpoint are still pending.
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64>;
+
+    /// Stores a new console session, and removes sessions that expired before `now`.
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()>;
+    /// The session with this id hash, if it exists and has not expired at `now`.
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>>;
+    /// Ends a session (signing out); ending one that does not exist is not an error.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
     /// Alerts not yet passed on to people, oldest first.
