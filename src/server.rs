@@ -91,8 +91,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
     let shutdown = cancel.clone();
     tasks.push(tokio::spawn(async move {
         let app = crate::console::router(state.clone()).merge(api::router(state));
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(err) = serve.await {
             warn!(cause = %err, "HTTP server stopped");
         }

@@ -40,7 +40,10 @@ async fn sign_in_http(server: &TestServer, http: &reqwest::Client) -> String {
 
 /// The CSRF token in a page's forms.
 fn csrf_of(html: &str) -> String {
-    let start = html.find("name=\"csrf\" value=\"").expect("a form with a CSRF field") + 19;
+    let start = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF field")
+        + 19;
     html[start..].split('"').next().unwrap().to_string()
 }
 
@@ -76,7 +79,10 @@ async fn console_pages_redirect_to_sign_in_without_a_session() {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 303, "GET {path} with {cookie:?}");
             let location = response.headers()[LOCATION].to_str().unwrap();
-            assert!(location.starts_with("/sign-in?next=%2F"), "{path}: {location}");
+            assert!(
+                location.starts_with("/sign-in?next=%2F"),
+                "{path}: {location}"
+            );
         }
     }
 
@@ -227,7 +233,10 @@ async fn console_pages_allow_only_their_own_inline_assets() {
     assert_eq!(response.headers()["cache-control"], "no-store");
     let html = response.text().await.unwrap();
     assert!(!html.contains("src=\"http"), "no external script");
-    assert!(!html.contains("href=\"http"), "no external stylesheet or link");
+    assert!(
+        !html.contains("href=\"http"),
+        "no external stylesheet or link"
+    );
     server.stop().await;
 }
 
@@ -249,7 +258,12 @@ async fn add_events(browser: &Browser, trigger: &str, events: &[&str]) {
         .await
         .expect("trigger chosen");
     for event in events {
-        browser.by_id(&format!("ev-{event}")).await.click().await.unwrap();
+        browser
+            .by_id(&format!("ev-{event}"))
+            .await
+            .click()
+            .await
+            .unwrap();
     }
     browser.click("#add-events").await;
     browser
@@ -276,9 +290,7 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
     sign_in(&browser, &server).await;
 
     // The empty state says what to do first.
-    browser
-        .wait_text(".empty", "Start by creating one")
-        .await;
+    browser.wait_text(".empty", "Start by creating one").await;
     browser.screenshot("endpoints-empty").await;
 
     // Create an endpoint through the dialog with events of two triggers.
@@ -290,14 +302,20 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
     browser.wait_text("#chosen", "invoice.paid").await;
     browser.screenshot("create-dialog").await;
     browser.click("#dialog-submit").await;
-    browser.wait_text(".notice", "The endpoint was created").await;
+    browser
+        .wait_text(".notice", "The endpoint was created")
+        .await;
     let endpoint = endpoint_named(&server, "CRM sync").await;
     assert_eq!(
         endpoint["events"],
         json!(["account.created", "account.status", "invoice.paid"])
     );
     assert_eq!(endpoint["enabled"], true);
-    assert_eq!(receiver.requests()[0].method, "HEAD", "Create ran the HEAD check");
+    assert_eq!(
+        receiver.requests()[0].method,
+        "HEAD",
+        "Create ran the HEAD check"
+    );
     let id = endpoint["id"].as_str().unwrap().to_string();
 
     // An event emitted through the API shows in its Event History.
@@ -307,10 +325,14 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
     receiver.wait_posts(1).await;
     let delivery = &server.deliveries(&id).await[0];
     server
-        .wait_delivery(delivery["id"].as_str().unwrap(), |d| d["status"] == "succeeded")
+        .wait_delivery(delivery["id"].as_str().unwrap(), |d| {
+            d["status"] == "succeeded"
+        })
         .await;
     browser.goto(&format!("{HOME}/{id}")).await;
-    browser.wait_text(".deliveries tbody", "account.status").await;
+    browser
+        .wait_text(".deliveries tbody", "account.status")
+        .await;
     let row = browser.text(".deliveries tbody tr").await;
     assert!(row.contains("42") && row.contains("succeeded"), "{row}");
     browser.screenshot("event-history").await;
@@ -343,12 +365,17 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
     receiver.wait_posts(2).await;
     browser.goto(HOME).await;
     browser
-        .click(&format!("tr[data-endpoint='{id}'] button[aria-label='Disable CRM sync']"))
+        .click(&format!(
+            "tr[data-endpoint='{id}'] button[aria-label='Disable CRM sync']"
+        ))
         .await;
     browser.wait_text(".notice", "disabled").await;
     let row = browser.text(&format!("tr[data-endpoint='{id}']")).await;
     assert!(row.contains("Disabled"), "{row}");
-    assert_eq!(server.get(&format!("/api/v1/endpoints/{id}")).await["enabled"], false);
+    assert_eq!(
+        server.get(&format!("/api/v1/endpoints/{id}")).await["enabled"],
+        false
+    );
     browser.screenshot("endpoints").await;
     browser.resize(390, 844).await;
     browser.screenshot("endpoints-390px").await;
@@ -356,13 +383,19 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
 
     // Delete asks first, and says how many deliveries are pending.
     browser
-        .click(&format!("tr[data-endpoint='{id}'] a[aria-label='Delete CRM sync']"))
+        .click(&format!(
+            "tr[data-endpoint='{id}'] a[aria-label='Delete CRM sync']"
+        ))
         .await;
     browser.wait_text("main", "It has 1 pending delivery").await;
     browser.screenshot("delete-confirmation").await;
     browser.click("#confirm-delete").await;
-    browser.wait_text(".notice", "The endpoint was deleted").await;
-    browser.wait_text(".empty", "No webhook endpoints yet").await;
+    browser
+        .wait_text(".notice", "The endpoint was deleted")
+        .await;
+    browser
+        .wait_text(".empty", "No webhook endpoints yet")
+        .await;
     let (status, _) = server
         .api(Method::GET, &format!("/api/v1/endpoints/{id}"), None)
         .await;
@@ -380,7 +413,9 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
     sign_in(&browser, &server).await;
 
     // The dialog opens from the keyboard, and every field in it has a label.
-    browser.script("document.getElementById('create-endpoint').focus()").await;
+    browser
+        .script("document.getElementById('create-endpoint').focus()")
+        .await;
     let opener = browser.client.active_element().await.unwrap();
     opener.send_keys("\u{E007}").await.unwrap(); // Enter
     browser.find("dialog[open]").await;
@@ -407,10 +442,20 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
         )
         .await;
     assert_eq!(status, 422);
-    assert_eq!(url_error, api["detail"].as_str().unwrap(), "same words as the API");
+    assert_eq!(
+        url_error,
+        api["detail"].as_str().unwrap(),
+        "same words as the API"
+    );
     assert_eq!(name_error, "name must not be empty");
     assert_eq!(
-        browser.by_id("ep-url").await.prop("value").await.unwrap().unwrap(),
+        browser
+            .by_id("ep-url")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap(),
         "ftp://example.com/hook",
         "what was typed is kept"
     );
@@ -422,7 +467,9 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
     browser.fill("ep-url", &receiver.url).await;
     add_events(&browser, "ticket", &["ticket.closed"]).await;
     browser.click("#dialog-submit").await;
-    let url_error = browser.wait_text("#ep-url-error", "HEAD check failed").await;
+    let url_error = browser
+        .wait_text("#ep-url-error", "HEAD check failed")
+        .await;
     assert!(url_error.contains("405"), "{url_error}");
     assert!(!browser.exists("#ep-name-error").await);
     assert!(server.get("/api/v1/endpoints").await["data"]
@@ -432,7 +479,9 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
     browser.wait_text("#chosen", "ticket.closed").await;
     browser.screenshot("create-dialog-head-check").await;
     browser.click("#save-anyway").await;
-    browser.wait_text(".notice", "The endpoint was created").await;
+    browser
+        .wait_text(".notice", "The endpoint was created")
+        .await;
     let endpoint = endpoint_named(&server, "Billing").await;
     assert_eq!(endpoint["events"], json!(["ticket.closed"]));
 
@@ -460,7 +509,10 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
     // Send a test webhook: success, status and reply.
     browser.click("#send-test").await;
     let result = browser.wait_text("#test-result", "succeeded").await;
-    assert!(result.contains("200") && result.contains("{\"ok\":true}"), "{result}");
+    assert!(
+        result.contains("200") && result.contains("{\"ok\":true}"),
+        "{result}"
+    );
     browser.screenshot("test-webhook").await;
 
     // The secret is hidden until asked for, then rotated.
@@ -487,22 +539,25 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
     })
     .await;
     receiver.set_default(Reply::Status(200));
+    browser.goto(&format!("{HOME}/{id}?status=failed")).await;
     browser
-        .goto(&format!("{HOME}/{id}?status=failed"))
+        .wait_text(".deliveries tbody", "account.created")
         .await;
-    browser.wait_text(".deliveries tbody", "account.created").await;
     assert!(!browser.text(".deliveries tbody").await.contains("test"));
     browser.click(".deliveries tbody tr a.arrow").await;
     browser.wait_text(".panel .attempt", "503").await;
     browser.click("#resend").await;
-    browser.wait_text(".notice", "The delivery was resent").await;
+    browser
+        .wait_text(".notice", "The delivery was resent")
+        .await;
     receiver.wait_posts(3).await;
 
     receiver.set_default(Reply::Status(500));
     server.emit("account.created", json!(8), json!({})).await;
     eventually("the second delivery fails", || async {
         let list = server.deliveries(&id).await;
-        list.iter().any(|d| d["status"] == "failed" && d["payload"]["object_id"] == 8)
+        list.iter()
+            .any(|d| d["status"] == "failed" && d["payload"]["object_id"] == 8)
     })
     .await;
     receiver.set_default(Reply::Status(200));
@@ -511,7 +566,9 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
         .script("document.getElementById('recover-local').value = '2000-01-01T00:00:00'")
         .await;
     browser.click("#recover-form button[type=submit]").await;
-    browser.wait_text(".notice", "1 failed deliveries were resent").await;
+    browser
+        .wait_text(".notice", "1 failed deliveries were resent")
+        .await;
     eventually("the recovered delivery succeeds", || async {
         let list = server.deliveries(&id).await;
         list.iter().all(|d| d["status"] == "succeeded")

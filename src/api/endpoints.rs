@@ -224,7 +224,9 @@ impl EndpointIn {
             (None, None) => errors.check(Field::Url, Err(missing("url"))),
         };
         let events = match (&self.events, current) {
-            (Some(events), _) => errors.check(Field::Events, check_events(state, events.clone()).await),
+            (Some(events), _) => {
+                errors.check(Field::Events, check_events(state, events.clone()).await)
+            }
             (None, Some(current)) => Some(current.events.clone()),
             (None, None) => Some(Vec::new()),
         };
@@ -239,9 +241,7 @@ impl EndpointIn {
                 Ok(EndpointFields {
                     name,
                     url,
-                    enabled: self
-                        .enabled
-                        .unwrap_or(current.is_none_or(|c| c.enabled)),
+                    enabled: self.enabled.unwrap_or(current.is_none_or(|c| c.enabled)),
                     events,
                     ordering,
                 })
@@ -289,11 +289,7 @@ pub async fn update(
     id: &str,
     input: &EndpointIn,
 ) -> Result<Endpoint, EndpointRefused> {
-    let current = state
-        .store
-        .get_endpoint(id)
-        .await
-        .map_err(not_found(id))?;
+    let current = state.store.get_endpoint(id).await.map_err(not_found(id))?;
     let fields = input
         .check(state, Some(&current))
         .await

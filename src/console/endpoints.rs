@@ -47,7 +47,10 @@ pub async fn list_page(
 ) -> Response {
     let mut dialog = DialogView::create();
     dialog.open = query.new.is_some();
-    let notice = query.notice.as_deref().and_then(|n| history::notice_text(n, None));
+    let notice = query
+        .notice
+        .as_deref()
+        .and_then(|n| history::notice_text(n, None));
     render_list(&state, &session, query.cursor.as_deref(), dialog, notice).await
 }
 
@@ -146,12 +149,9 @@ pub async fn create(
 ) -> Response {
     let input = endpoint_in(&form);
     match api::create(&state, &input).await {
-        Ok(endpoint) => Redirect::to(&format!(
-            "{}/{}?notice=created",
-            super::HOME,
-            endpoint.id
-        ))
-        .into_response(),
+        Ok(endpoint) => {
+            Redirect::to(&format!("{}/{}?notice=created", super::HOME, endpoint.id)).into_response()
+        }
         Err(refused) => match refused_dialog(DialogView::create(), &form, refused) {
             Ok(dialog) => render_list(&state, &session, None, dialog, None).await,
             Err(err) => views::error_page(err),

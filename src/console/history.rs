@@ -266,8 +266,7 @@ async fn endpoint_page_view(
     let view = EndpointView::new(&endpoint, &outages);
     let base = view.href.clone();
 
-    let (rows, next_cursor, history_error) = match api::history(state, id, &query.filter()).await
-    {
+    let (rows, next_cursor, history_error) = match api::history(state, id, &query.filter()).await {
         Ok(page) => {
             let rows = page
                 .items
@@ -382,10 +381,7 @@ pub async fn resend(
     };
     match result.await {
         Ok(_) => {
-            let target = format!(
-                "{}/{id}?delivery={delivery_id}&notice=resent",
-                super::HOME
-            );
+            let target = format!("{}/{id}?delivery={delivery_id}&notice=resent", super::HOME);
             Redirect::to(&target).into_response()
         }
         Err(err) if err.status == StatusCode::CONFLICT => {

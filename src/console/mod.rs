@@ -35,10 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sign-out", post(pages::sign_out))
         .route("/settings", get(pages::settings))
         .route("/settings/integrations", get(pages::integrations))
-        .route(
-            HOME,
-            get(endpoints::list_page).post(endpoints::create),
-        )
+        .route(HOME, get(endpoints::list_page).post(endpoints::create))
         .route(
             "/settings/integrations/webhooks/{id}",
             get(history::endpoint_page).post(endpoints::update),

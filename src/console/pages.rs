@@ -53,7 +53,10 @@ pub async fn sign_in(
     // There is no session to hold a CSRF token yet; the origin check keeps another
     // site from signing a browser in to an account of its choosing.
     if !session::same_origin(&headers) {
-        return views::message_page(StatusCode::FORBIDDEN, "The sign-in form was sent from another site.");
+        return views::message_page(
+            StatusCode::FORBIDDEN,
+            "The sign-in form was sent from another site.",
+        );
     }
     let next = session::safe_next(form.next.as_deref());
     let credentials = Credentials { token: form.token };

@@ -55,7 +55,10 @@ impl From<crate::api::ApiError> for SignInError {
 }
 
 /// The user the credentials belong to.
-pub async fn authenticate(state: &AppState, credentials: &Credentials) -> Result<String, SignInError> {
+pub async fn authenticate(
+    state: &AppState,
+    credentials: &Credentials,
+) -> Result<String, SignInError> {
     let token = credentials.token.trim();
     if token.is_empty() {
         return Err(SignInError::Invalid);
@@ -87,7 +90,10 @@ pub async fn start(state: &AppState, user_id: &str) -> Result<HeaderValue, crate
 }
 
 /// Ends the session and returns a cookie that clears it in the browser.
-pub async fn end(state: &AppState, session: &ConsoleSession) -> Result<HeaderValue, crate::api::ApiError> {
+pub async fn end(
+    state: &AppState,
+    session: &ConsoleSession,
+) -> Result<HeaderValue, crate::api::ApiError> {
     state.store.delete_session(&session.id_hash).await?;
     info!(user_id = %session.user_id, "console sign-out");
     Ok(cookie(state, "", 0))
@@ -131,7 +137,10 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
@@ -141,7 +150,11 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 /// Compares without stopping at the first difference, so timing tells nothing about
 /// how much of a guessed token was right.
 fn tokens_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Loads the session or sends the browser to sign in; on a POST, also checks the
@@ -179,7 +192,9 @@ pub async fn require_session(
         }
         parts.extensions.insert(form);
         parts.extensions.insert(session);
-        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
     }
     parts.extensions.insert(session);
     next.run(Request::from_parts(parts, body)).await
@@ -199,7 +214,11 @@ fn to_sign_in(request: &Request) -> Response {
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let next = if request.method() == Method::GET { target } else { "/" };
+    let next = if request.method() == Method::GET {
+        target
+    } else {
+        "/"
+    };
     let location = format!(
         "/sign-in?next={}",
         url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
@@ -210,9 +229,7 @@ fn to_sign_in(request: &Request) -> Response {
 /// A `next` target that stays on this server: a path, never `//host` or a full URL.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path)
-            if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') =>
-        {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
             path.to_string()
         }
         _ => super::HOME.to_string(),
@@ -249,7 +266,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        headers.insert(COOKIE, HeaderValue::from_static("a=1; herald_session=xyz; b=2"));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; herald_session=xyz; b=2"),
+        );
         assert_eq!(session_id(&headers), Some("xyz"));
         headers.insert(COOKIE, HeaderValue::from_static("herald_session="));
         assert_eq!(session_id(&headers), None);

@@ -69,7 +69,10 @@ impl Browser {
 
     fn driver_alive(&mut self) {
         assert!(
-            self.driver.try_wait().expect("chromedriver status").is_none(),
+            self.driver
+                .try_wait()
+                .expect("chromedriver status")
+                .is_none(),
             "chromedriver exited"
         );
     }
