@@ -1,6 +1,6 @@
 //! Starting and stopping `herald serve`: open the store, run migrations, create the
-//! first token, then run the API, the delivery engine and the alert task together under
-//! one cancellation token.
+//! first super admin and its token, then run the API, the delivery engine and the alert
+//! task together under one cancellation token.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -10,16 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::alerts::AlertTask;
 use crate::api::{self, AppState};
+use crate::auth::{self, SignIn};
 use crate::clock::SharedClock;
 use crate::engine::Engine;
+use crate::mail::Mailer;
 use crate::secrets::SecretBox;
 use crate::settings::Settings;
 use crate::store::{SqliteStore, Store};
@@ -63,6 +63,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         settings.delivery.clone(),
         secrets,
     );
+    let alerts = AlertTask::new(
+        store.clone(),
+        clock.clone(),
+        mailer(&settings)?,
+        &settings.public_url,
+    );
+    let sign_in = SignIn::new(store.clone(), clock.clone(), auth::Limits::default()).await;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -73,6 +80,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         engine: engine.clone(),
         clock: clock.clone(),
         settings: Arc::new(settings),
+        sign_in: Arc::new(sign_in),
     };
 
     let mut tasks = Vec::new();
@@ -83,14 +91,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         state.settings.retention,
         cancel.clone(),
     )));
-    tasks.push(tokio::spawn(crate::alerts::run(
-        store.clone(),
-        clock.clone(),
-        cancel.clone(),
-    )));
+    tasks.push(tokio::spawn(alerts.run(cancel.clone())));
     let shutdown = cancel.clone();
     tasks.push(tokio::spawn(async move {
-        let app = crate::console::router(state.clone()).merge(api::router(state));
+        // The peer address is what the sign-in throttle counts per client.
+        let app = crate::console::router(state.clone())
+            .merge(api::router(state))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(err) = serve.await {
             warn!(cause = %err, "HTTP server stopped");
@@ -182,7 +189,7 @@ async fn create_initial_token(
     // The token reaches the disk before it is stored, so a crash in between never leaves
     // a stored token that nobody can read; the file takes its final name only once the
     // token is stored.
-    let token = new_token();
+    let token = auth::new_token();
     let path = settings.initial_token_path();
     let draft = path.with_extension("new");
     let mut file = OpenOptions::new()
@@ -195,23 +202,30 @@ async fn create_initial_token(
     writeln!(file, "{token}")?;
     file.sync_all()?;
     let created = store
-        .ensure_initial_admin(&api::token_hash(&token), clock.now())
+        .ensure_initial_admin(&auth::token_hash(&token), clock.now())
         .await?;
-    if created.is_none() {
+    let Some(user_id) = created else {
         std::fs::remove_file(&draft)?;
         return Ok(());
-    }
+    };
     std::fs::rename(&draft, &path)?;
     info!(
         path = %path.display(),
+        user_id = %user_id,
         "created the first super admin; its API token is in this file, readable only by its owner"
+    );
+    info!(
+        set_email = %format!("herald user update {user_id} --email you@example.com"),
+        set_password = %format!("herald user passwd {user_id}"),
+        "the first super admin has no e-mail or password yet; set them to sign in and get alerts"
     );
     Ok(())
 }
 
-/// A new API token: a recognisable prefix and 32 random bytes.
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("hrld_{}", URL_SAFE_NO_PAD.encode(bytes))
+/// The SMTP client for alert e-mail, or `None` without `smtp-url`.
+fn mailer(settings: &Settings) -> anyhow::Result<Option<Mailer>> {
+    let Some(smtp) = settings.smtp()? else {
+        return Ok(None);
+    };
+    Ok(Some(Mailer::new(&smtp, &settings.smtp_from())?))
 }

@@ -12,6 +12,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::mail::{MailError, SmtpSettings};
+
 /// What counts as a successful reply from a receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -61,6 +63,8 @@ pub struct Settings {
     pub public_url: String,
     pub dev: bool,
     pub smtp_url: Option<String>,
+    /// The sender of alert e-mail; `None` means [`crate::mail::default_from`].
+    pub smtp_from: Option<String>,
     pub log_format: LogFormat,
     /// How long events and their history are kept once every delivery is settled.
     pub retention: Duration,
@@ -103,6 +107,7 @@ impl Settings {
             public_url: format!("http://{listen}"),
             dev: false,
             smtp_url: None,
+            smtp_from: None,
             log_format: LogFormat::Text,
             retention: Duration::from_secs(30 * 24 * 3600),
             secret_key: None,
@@ -131,6 +136,21 @@ impl Settings {
 
     pub fn initial_token_path(&self) -> PathBuf {
         self.data_dir.join("initial-admin-token")
+    }
+
+    /// The SMTP server for alert e-mail, if one is set.
+    pub fn smtp(&self) -> Result<Option<SmtpSettings>, MailError> {
+        self.smtp_url
+            .as_deref()
+            .map(SmtpSettings::parse)
+            .transpose()
+    }
+
+    /// The sender of alert e-mail.
+    pub fn smtp_from(&self) -> String {
+        self.smtp_from
+            .clone()
+            .unwrap_or_else(|| crate::mail::default_from(&self.public_url))
     }
 }
 
@@ -199,9 +219,15 @@ pub struct ServeArgs {
           default_missing_value = "true")]
     pub dev: Option<bool>,
 
-    /// SMTP server for alert e-mail, like smtp://user:pass@host:587
-    #[arg(long, env = "HERALD_SMTP_URL")]
+    /// SMTP server for alert e-mail: smtp://user:pass@host:587 (STARTTLS), smtps://…
+    /// (TLS), or smtp://127.0.0.1:25 (a local relay, no TLS) [default: none, alerts are
+    /// only logged]
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+
+    /// Sender of alert e-mail [default: Herald <herald@the public URL's host>]
+    #[arg(long, env = "HERALD_SMTP_FROM")]
+    pub smtp_from: Option<String>,
 
     /// Base URL of this server, used for links in e-mails [default: http://<listen>]
     #[arg(long, env = "HERALD_PUBLIC_URL")]
@@ -242,6 +268,7 @@ struct FileSettings {
     allow_networks: Option<Vec<ipnet::IpNet>>,
     dev: Option<bool>,
     smtp_url: Option<String>,
+    smtp_from: Option<String>,
     public_url: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -275,6 +302,7 @@ impl ServeArgs {
         s.database_url = pick(&self.database_url, file.database_url);
         s.dev = pick(&self.dev, file.dev).unwrap_or(false);
         s.smtp_url = pick(&self.smtp_url, file.smtp_url);
+        s.smtp_from = pick(&self.smtp_from, file.smtp_from);
         s.log_format = pick(&self.log_format, file.log_format).unwrap_or(s.log_format);
         d.retry_interval =
             pick(&self.retry_interval, file.retry_interval).unwrap_or(d.retry_interval);
@@ -334,6 +362,19 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
         d.max_concurrent_endpoints > 0,
         "max-concurrent-endpoints must be more than 0"
+    );
+    check_public_url(&s.public_url)?;
+    s.smtp()?;
+    crate::mail::parse_mailbox(&s.smtp_from()).context("invalid smtp-from")?;
+    Ok(())
+}
+
+fn check_public_url(text: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(text)
+        .with_context(|| format!("invalid public-url '{text}': not an absolute URL"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https"),
+        "invalid public-url '{text}': it must start with http:// or https://"
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use browser::Browser;
-use common::{eventually, Options, Receiver, Reply, TestServer};
+use common::{eventually, Options, Receiver, Reply, TestServer, PASSWORD};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use reqwest::Method;
@@ -24,11 +24,14 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-/// Signs in over plain HTTP with the initial token; returns the session cookie.
+const EMAIL: &str = "ops@example.com";
+
+/// Adds a user and signs in over plain HTTP; returns the session cookie.
 async fn sign_in_http(server: &TestServer, http: &reqwest::Client) -> String {
+    server.add_user(EMAIL, "admin").await;
     let response = http
         .post(format!("{}/sign-in", server.base))
-        .form(&[("token", server.token.as_str()), ("next", HOME)])
+        .form(&[("email", EMAIL), ("password", PASSWORD), ("next", HOME)])
         .send()
         .await
         .unwrap();
@@ -69,6 +72,7 @@ async fn console_pages_redirect_to_sign_in_without_a_session() {
         HOME,
         "/settings/integrations/webhooks/ep_x",
         "/settings/integrations/webhooks/ep_x/delete",
+        "/endpoints/ep_x",
     ];
     for path in paths {
         for cookie in [None, Some("herald_session=not-a-session")] {
@@ -111,9 +115,10 @@ async fn console_pages_redirect_to_sign_in_without_a_session() {
 async fn the_session_cookie_is_http_only_and_same_site_and_sign_out_ends_it() {
     let server = TestServer::start().await;
     let http = no_redirects();
+    server.add_user(EMAIL, "admin").await;
     let response = http
         .post(format!("{}/sign-in", server.base))
-        .form(&[("token", server.token.as_str())])
+        .form(&[("email", EMAIL), ("password", PASSWORD)])
         .send()
         .await
         .unwrap();
@@ -123,6 +128,16 @@ async fn the_session_cookie_is_http_only_and_same_site_and_sign_out_ends_it() {
     }
     let session = cookie.split(';').next().unwrap().to_string();
     assert!(session.len() > "herald_session=".len() + 40, "{session}");
+
+    // The link in alert e-mail leads to the endpoint's Event History.
+    let link = http
+        .get(format!("{}/endpoints/ep_x", server.base))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(link.status(), 303);
+    assert_eq!(link.headers()[LOCATION], format!("{HOME}/ep_x"));
 
     let html = page(&http, &server, HOME, &session).await;
     let sign_out = http
@@ -147,13 +162,17 @@ async fn the_session_cookie_is_http_only_and_same_site_and_sign_out_ends_it() {
 
     let wrong = http
         .post(format!("{}/sign-in", server.base))
-        .form(&[("token", "hrld_wrong")])
+        .form(&[("email", EMAIL), ("password", "not the password")])
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get(SET_COOKIE).is_none());
-    assert!(wrong.text().await.unwrap().contains("not valid"));
+    assert!(wrong
+        .text()
+        .await
+        .unwrap()
+        .contains("the e-mail or the password is not right"));
     server.stop().await;
 }
 
@@ -240,12 +259,20 @@ async fn console_pages_allow_only_their_own_inline_assets() {
     server.stop().await;
 }
 
-/// Signs in through the form, as a person would.
-async fn sign_in(browser: &Browser, server: &TestServer) {
+/// Adds a user and signs in through the form, as a person would.
+async fn sign_in(browser: &Browser, server: &TestServer, screenshot: bool) {
+    server.add_user(EMAIL, "admin").await;
     browser.goto("/").await;
     browser.wait_text("h1", "Sign in").await;
     assert!(browser.path().await.starts_with("/sign-in?next="));
-    browser.fill("token", &server.token).await;
+    if screenshot {
+        browser.screenshot("sign-in").await;
+    }
+    browser.fill("email", EMAIL).await;
+    browser.fill("password", "not the password").await;
+    browser.click("form button[type=submit]").await;
+    browser.wait_text("#sign-in-error", "not right").await;
+    browser.fill("password", PASSWORD).await;
     browser.click("form button[type=submit]").await;
     browser.wait_text("h1", "Webhook Endpoints").await;
 }
@@ -287,7 +314,7 @@ async fn operator_creates_an_endpoint_follows_its_history_then_disables_and_dele
     let server = TestServer::start().await;
     let receiver = Receiver::start().await;
     let browser = Browser::start(&server.base).await;
-    sign_in(&browser, &server).await;
+    sign_in(&browser, &server, true).await;
 
     // The empty state says what to do first.
     browser.wait_text(".empty", "Start by creating one").await;
@@ -410,7 +437,7 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
     let server = TestServer::start().await;
     let receiver = Receiver::start().await;
     let browser = Browser::start(&server.base).await;
-    sign_in(&browser, &server).await;
+    sign_in(&browser, &server, false).await;
 
     // The dialog opens from the keyboard, and every field in it has a label.
     browser
@@ -503,7 +530,7 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
     let receiver = Receiver::start().await;
     let id = server.endpoint(&receiver.url, &["account.created"]).await;
     let browser = Browser::start(&server.base).await;
-    sign_in(&browser, &server).await;
+    sign_in(&browser, &server, false).await;
     browser.goto(&format!("{HOME}/{id}")).await;
 
     // Send a test webhook: success, status and reply.
@@ -576,5 +603,34 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
     .await;
 
     browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_password_ends_the_users_console_sessions() {
+    let server = TestServer::start().await;
+    let http = no_redirects();
+    let session = sign_in_http(&server, &http).await;
+    page(&http, &server, HOME, &session).await;
+
+    let users = server.get("/api/v1/users").await;
+    let user = users["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == EMAIL)
+        .unwrap();
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap());
+    let body = json!({"password": "another long password"});
+    let (status, answer) = server.api(Method::PATCH, &path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let after = http
+        .get(format!("{}{HOME}", server.base))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 303, "the session ended with the old password");
     server.stop().await;
 }

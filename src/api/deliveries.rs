@@ -292,6 +292,9 @@ pub async fn list_alerts(
                 "created_at": a.created_at,
                 "detail": serde_json::from_str::<serde_json::Value>(&a.detail).unwrap_or_default(),
                 "sent_at": a.sent_at,
+                "send_attempts": a.send_attempts,
+                "last_send_error": a.last_send_error,
+                "next_send_at": a.next_send_at,
             })
         })
         .collect();

@@ -150,7 +150,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+pub(super) fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(ApiError::unprocessable(
@@ -200,7 +200,7 @@ async fn check_events(state: &AppState, events: Vec<String>) -> Result<Vec<Strin
     Ok(events)
 }
 
-fn missing(field: &str) -> ApiError {
+pub(super) fn missing(field: &str) -> ApiError {
     ApiError::unprocessable("missing_field", format!("field '{field}' is required"))
 }
 

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     let signed_in = Router::new()
         .route("/", get(pages::home))
         .route("/sign-out", post(pages::sign_out))
+        .route("/endpoints/{id}", get(pages::endpoint_link))
         .route("/settings", get(pages::settings))
         .route("/settings/integrations", get(pages::integrations))
         .route(HOME, get(endpoints::list_page).post(endpoints::create))

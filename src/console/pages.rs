@@ -1,15 +1,18 @@
 //! The pages around the endpoints: sign-in, sign-out, Settings and Integrations.
 
 use askama::Template;
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
-use super::session::{self, Credentials, SignInError};
+use super::session::{self, Credentials};
 use super::views::{self, Layout};
 use crate::api::AppState;
+use crate::auth::AuthError;
 use crate::model::ConsoleSession;
 
 #[derive(Template)]
@@ -17,6 +20,7 @@ use crate::model::ConsoleSession;
 pub struct SignInPage {
     layout: Layout,
     next: String,
+    email: String,
     error: Option<String>,
 }
 
@@ -28,7 +32,9 @@ pub struct NextQuery {
 #[derive(Deserialize)]
 pub struct SignInForm {
     #[serde(default)]
-    token: String,
+    email: String,
+    #[serde(default)]
+    password: String,
     next: Option<String>,
 }
 
@@ -40,6 +46,7 @@ pub async fn sign_in_page(Query(query): Query<NextQuery>) -> Response {
     let page = SignInPage {
         layout: Layout::new("Sign in", None),
         next: session::safe_next(query.next.as_deref()),
+        email: String::new(),
         error: None,
     };
     views::render(StatusCode::OK, &page)
@@ -47,6 +54,7 @@ pub async fn sign_in_page(Query(query): Query<NextQuery>) -> Response {
 
 pub async fn sign_in(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
@@ -59,23 +67,36 @@ pub async fn sign_in(
         );
     }
     let next = session::safe_next(form.next.as_deref());
-    let credentials = Credentials { token: form.token };
-    let user_id = match session::authenticate(&state, &credentials).await {
-        Ok(user_id) => user_id,
-        Err(SignInError::Invalid) => {
-            let page = SignInPage {
-                layout: Layout::new("Sign in", None),
-                next,
-                error: Some(SignInError::Invalid.to_string()),
-            };
-            return views::render(StatusCode::UNAUTHORIZED, &page);
-        }
-        Err(SignInError::Api(err)) => return views::error_page(err),
+    let credentials = Credentials {
+        email: form.email,
+        password: form.password,
+        client: peer.ip(),
     };
-    match session::start(&state, &user_id).await {
+    let refused = |status: StatusCode, err: AuthError| {
+        let page = SignInPage {
+            layout: Layout::new("Sign in", None),
+            next: next.clone(),
+            email: credentials.email.clone(),
+            error: Some(err.to_string()),
+        };
+        views::render(status, &page)
+    };
+    let user = match session::authenticate(&state, &credentials).await {
+        Ok(user) => user,
+        Err(err @ AuthError::InvalidCredentials) => return refused(StatusCode::UNAUTHORIZED, err),
+        Err(err @ AuthError::Throttled(_)) => return refused(StatusCode::TOO_MANY_REQUESTS, err),
+        Err(err) => return views::error_page(err.into()),
+    };
+    match session::start(&state, &user.id).await {
         Ok(cookie) => session::with_cookie(Redirect::to(&next).into_response(), cookie),
         Err(err) => views::error_page(err),
     }
+}
+
+/// The link in alert e-mail, `<public-url>/endpoints/<id>`, opens the Event History.
+pub async fn endpoint_link(Path(id): Path<String>) -> Redirect {
+    let id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    Redirect::to(&format!("{}/{id}", super::HOME))
 }
 
 pub async fn sign_out(

@@ -6,8 +6,11 @@
 //! session and, on a POST, refuses the request unless its `csrf` form field equals the
 //! session's token and its `Origin` (when the browser sends one) is this server.
 //!
-//! Who may sign in is decided by [`authenticate`] alone, so moving from API tokens to
-//! e-mail and password changes that one function and the sign-in form.
+//! Who may sign in is decided by [`authenticate`], which is the API's own check of an
+//! e-mail and a password (`auth::SignIn`), throttle included; the console then starts a
+//! session where the API would issue a token.
+
+use std::net::IpAddr;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -22,53 +25,39 @@ use tracing::info;
 
 use super::form::FormData;
 use super::views;
-use crate::api::{token_hash, AppState};
-use crate::model::ConsoleSession;
+use crate::api::AppState;
+use crate::auth::{AuthError, SIGN_IN_LIFETIME};
+use crate::model::{ConsoleSession, User};
 use crate::payload::hex_sha256;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "herald_session";
 
-/// How long a session lasts from sign-in: a working day, like a sign-in token.
-pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+/// How long a session lasts from sign-in: as long as the API's sign-in token.
+pub const SESSION_LIFETIME: std::time::Duration = SIGN_IN_LIFETIME;
 
 /// The largest console form accepted; an endpoint with every event type fits easily.
 const MAX_FORM_BYTES: usize = 256 * 1024;
 
-/// What sign-in asks for. Today an API token; with users, an e-mail and a password.
+/// What sign-in asks for: the same e-mail and password as `POST /api/v1/sign-in`.
 pub struct Credentials {
-    pub token: String,
+    pub email: String,
+    pub password: String,
+    /// Where the request came from; failures are throttled per client too.
+    pub client: IpAddr,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SignInError {
-    #[error("that API token is not valid")]
-    Invalid,
-    #[error("{}", .0.detail)]
-    Api(crate::api::ApiError),
-}
-
-impl From<crate::api::ApiError> for SignInError {
-    fn from(err: crate::api::ApiError) -> SignInError {
-        SignInError::Api(err)
-    }
-}
-
-/// The user the credentials belong to.
-pub async fn authenticate(
-    state: &AppState,
-    credentials: &Credentials,
-) -> Result<String, SignInError> {
-    let token = credentials.token.trim();
-    if token.is_empty() {
-        return Err(SignInError::Invalid);
-    }
-    let principal = state
-        .store
-        .principal_for_token(&token_hash(token))
+/// The user the credentials belong to, checked by the same code, and under the same
+/// throttle, as the API's sign-in.
+pub async fn authenticate(state: &AppState, credentials: &Credentials) -> Result<User, AuthError> {
+    state
+        .sign_in
+        .authenticate(
+            &credentials.email,
+            &credentials.password,
+            credentials.client,
+        )
         .await
-        .map_err(crate::api::ApiError::from)?;
-    principal.map(|p| p.user_id).ok_or(SignInError::Invalid)
 }
 
 /// Starts a session for the user and returns the cookie that carries it.

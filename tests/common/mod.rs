@@ -1,9 +1,10 @@
 //! Shared test helpers: the real server on port 0 with a temporary data directory and a
-//! manual clock, and a scripted receiver speaking HTTP/1.1 over loopback.
+//! manual clock, a scripted receiver speaking HTTP/1.1 over loopback, and an SMTP sink.
 
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,11 @@ use serde_json::{json, Value};
 
 #[allow(unused_imports)]
 pub use receiver::{Receiver, Reply};
+#[allow(unused_imports)]
+pub use smtp::{Mail, SmtpSink};
+
+/// The password every user made by [`TestServer::add_user`] has.
+pub const PASSWORD: &str = "correct horse battery staple";
 
 /// How to start a test server.
 pub struct Options {
@@ -91,10 +97,21 @@ impl TestServer {
     }
 
     pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.api_as(&self.token, method, path, body).await
+    }
+
+    /// A request with another user's token.
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -105,6 +122,35 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// `POST /api/v1/sign-in`, without a token.
+    pub async fn sign_in(&self, email: &str, password: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/sign-in", self.base))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Adds a user with [`PASSWORD`] as the initial super admin; returns its id.
+    pub async fn add_user(&self, email: &str, role: &str) -> String {
+        let body = json!({"email": email, "name": email, "password": PASSWORD, "role": role});
+        let (status, user) = self.api(Method::POST, "/api/v1/users", Some(body)).await;
+        assert_eq!(status, 201, "add user: {user}");
+        user["id"].as_str().unwrap().to_string()
+    }
+
+    /// Adds a user and signs them in; returns their id and token.
+    pub async fn user_with_token(&self, email: &str, role: &str) -> (String, String) {
+        let id = self.add_user(email, role).await;
+        let (status, answer) = self.sign_in(email, PASSWORD).await;
+        assert_eq!(status, 200, "sign in: {answer}");
+        (id, answer["token"].as_str().unwrap().to_string())
     }
 
     pub async fn get(&self, path: &str) -> Value {

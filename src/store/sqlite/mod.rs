@@ -14,12 +14,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection};
 
+mod users;
 mod writer;
 
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
-use crate::model::{AlertKind, Ordering};
+use crate::model::{AlertDetail, AlertKind, Ordering};
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -118,7 +119,8 @@ fn delivery_from_row(row: &SqliteRow) -> Delivery {
     }
 }
 
-const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at";
+const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at, \
+    send_attempts, last_send_error, next_send_at";
 
 fn alert_from_row(row: &SqliteRow) -> Alert {
     Alert {
@@ -128,6 +130,9 @@ fn alert_from_row(row: &SqliteRow) -> Alert {
         created_at: from_micros(row.get("created_at")),
         detail: row.get("detail"),
         sent_at: opt_time(row, "sent_at"),
+        send_attempts: row.get("send_attempts"),
+        last_send_error: row.get("last_send_error"),
+        next_send_at: opt_time(row, "next_send_at"),
     }
 }
 
@@ -267,14 +272,23 @@ async fn track_outage(
     let endpoint_id = &claimed.endpoint.id;
     let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
-        let alerted: Option<Option<i64>> = sqlx::query_scalar(
-            "DELETE FROM endpoint_outages WHERE endpoint_id = ? RETURNING alerted_at",
+        let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "DELETE FROM endpoint_outages WHERE endpoint_id = ? \
+             RETURNING failing_since, alerted_at",
         )
         .bind(endpoint_id)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(Some(_)) = alerted {
-            insert_alert(conn, AlertKind::EndpointRecovered, endpoint_id, &last).await?;
+        if let Some((failing_since, Some(_))) = closed {
+            let since = from_micros(failing_since);
+            insert_alert(
+                conn,
+                AlertKind::EndpointRecovered,
+                endpoint_id,
+                &last,
+                since,
+            )
+            .await?;
         }
         return Ok(());
     }
@@ -294,22 +308,23 @@ async fn track_outage(
     Ok(())
 }
 
-/// Raises the endpoint's failing alert, once per outage.
+/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
 async fn raise_failing(
     conn: &mut SqliteConnection,
     endpoint_id: &str,
     last: &LastFailure,
 ) -> StoreResult<()> {
-    let newly_alerted = sqlx::query(
-        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL",
+    let newly_alerted: Option<i64> = sqlx::query_scalar(
+        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL \
+         RETURNING failing_since",
     )
     .bind(micros(last.at))
     .bind(endpoint_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if newly_alerted == 1 {
-        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last).await?;
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(failing_since) = newly_alerted {
+        let since = from_micros(failing_since);
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
     }
     Ok(())
 }
@@ -322,33 +337,37 @@ fn describe_failure(attempt: &Attempt) -> String {
     }
 }
 
+/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
+/// `last` is the successful attempt, so it has a status and no error.
 async fn insert_alert(
     conn: &mut SqliteConnection,
     kind: AlertKind,
     endpoint_id: &str,
     last: &LastFailure,
+    failing_since: Timestamp,
 ) -> StoreResult<()> {
     let facts = sqlx::query(
-        "SELECT e.name, e.url, o.failing_since, \
+        "SELECT e.name, e.url, \
          (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
            AS failed, \
          (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
            AS pending \
-         FROM endpoints e LEFT JOIN endpoint_outages o ON o.endpoint_id = e.id WHERE e.id = ?",
+         FROM endpoints e WHERE e.id = ?",
     )
     .bind(endpoint_id)
     .fetch_one(&mut *conn)
     .await?;
-    let detail = serde_json::json!({
-        "endpoint_name": facts.get::<String, _>("name"),
-        "endpoint_url": facts.get::<String, _>("url"),
-        "failing_since": opt_time(&facts, "failing_since"),
-        "failed_deliveries": facts.get::<i64, _>("failed"),
-        "pending_deliveries": facts.get::<i64, _>("pending"),
-        "last_status": last.status,
-        "last_error": last.error,
-        "at": last.at,
-    });
+    let detail = AlertDetail {
+        endpoint_name: facts.get("name"),
+        endpoint_url: facts.get("url"),
+        failing_since: Some(failing_since),
+        failed_deliveries: facts.get("failed"),
+        pending_deliveries: facts.get("pending"),
+        last_status: last.status,
+        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
+        at: last.at,
+    };
+    let detail = serde_json::to_string(&detail).expect("alert detail serializes");
     sqlx::query(
         "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) VALUES (?, ?, ?, ?, ?)",
     )
@@ -356,7 +375,7 @@ async fn insert_alert(
     .bind(kind.as_str())
     .bind(endpoint_id)
     .bind(micros(last.at))
-    .bind(detail.to_string())
+    .bind(detail)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -563,10 +582,11 @@ impl Store for SqliteStore {
         }
         let user_id = new_id("usr");
         sqlx::query(
-            "INSERT INTO users (id, email, name, role, created_at) \
-             VALUES (?, NULL, 'Initial admin', 'super_admin', ?)",
+            "INSERT INTO users (id, email, name, role, created_at, updated_at) \
+             VALUES (?, NULL, 'Initial admin', 'super_admin', ?, ?)",
         )
         .bind(&user_id)
+        .bind(micros(now))
         .bind(micros(now))
         .execute(&mut *tx)
         .await?;
@@ -585,18 +605,65 @@ impl Store for SqliteStore {
     }
 
     async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
-        let row = sqlx::query(
-            "SELECT t.id AS token_id, u.id AS user_id, u.role FROM tokens t \
-             JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(row.map(|row| Principal {
-            user_id: row.get("user_id"),
-            token_id: row.get("token_id"),
-            super_admin: row.get::<String, _>("role") == "super_admin",
-        }))
+        users::principal_for_token(&self.reader, token_hash).await
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        users::create_user(&self.writer, user).await
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<User> {
+        users::get_user(&self.reader, id).await
+    }
+
+    async fn list_users(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<User>> {
+        users::list_users(&self.reader, cursor, limit).await
+    }
+
+    async fn sign_in_record(&self, email: &str) -> StoreResult<Option<(User, Option<String>)>> {
+        users::sign_in_record(&self.reader, email).await
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: &UserChanges,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        users::update_user(&self.writer, id, changes, now).await
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<()> {
+        users::delete_user(&self.writer, id).await
+    }
+
+    async fn super_admin_emails(&self) -> StoreResult<Vec<String>> {
+        users::super_admin_emails(&self.reader).await
+    }
+
+    async fn create_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        users::create_token(&self.writer, token).await
+    }
+
+    async fn list_tokens(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Page<ApiToken>> {
+        users::list_tokens(&self.reader, user_id, cursor, limit).await
+    }
+
+    async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()> {
+        users::delete_token(&self.writer, id, owner).await
+    }
+
+    async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64> {
+        users::delete_sign_in_tokens(&self.writer, user_id, keep).await
+    }
+
+    async fn touch_token(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+        users::touch_token(&self.writer, id, now).await
     }
 
     async fn list_event_types(&self) -> StoreResult<Vec<EventType>> {
@@ -1109,10 +1176,18 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(alert_from_row).collect())
     }
 
-    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
-        let sql =
-            format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id LIMIT ?");
+    async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+        // An alert waits for the older unsent alerts of its endpoint, so that a
+        // recovery is never announced before the outage it ends.
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE sent_at IS NULL \
+             AND (next_send_at IS NULL OR next_send_at <= ?) \
+             AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.endpoint_id = a.endpoint_id \
+               AND o.sent_at IS NULL AND o.id < a.id) \
+             ORDER BY id LIMIT ?"
+        );
         let rows = sqlx::query(&sql)
+            .bind(micros(now))
             .bind(limit)
             .fetch_all(&self.writer)
             .await?;
@@ -1125,6 +1200,19 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE alerts SET send_attempts = send_attempts + 1, last_send_error = ?, \
+             next_send_at = ? WHERE id = ?",
+        )
+        .bind(error)
+        .bind(micros(retry_at))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 }
