@@ -512,6 +512,33 @@ async fn the_create_dialog_shows_each_error_beside_its_field() {
     let endpoint = endpoint_named(&server, "Billing").await;
     assert_eq!(endpoint["events"], json!(["ticket.closed"]));
 
+    // Edit in the same dialog: rename, remove the ticket events, add a payment event.
+    browser.click("#edit-endpoint").await;
+    browser.find("dialog[open]").await;
+    assert_eq!(
+        browser
+            .by_id("ep-name")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap(),
+        "Billing"
+    );
+    browser.fill("ep-name", "Billing v2").await;
+    browser
+        .click("#chosen li[data-trigger='ticket'] button.remove")
+        .await;
+    add_events(&browser, "payment", &["payment.refunded"]).await;
+    browser.click("#dialog-submit").await;
+    browser.wait_text(".notice", "The endpoint was saved").await;
+    let edited = endpoint_named(&server, "Billing v2").await;
+    assert_eq!(edited["events"], json!(["payment.refunded"]));
+    assert_eq!(
+        edited["url"], endpoint["url"],
+        "an unchanged URL is not checked again"
+    );
+
     browser.close().await;
     server.stop().await;
 }
@@ -631,6 +658,10 @@ async fn a_new_password_ends_the_users_console_sessions() {
         .send()
         .await
         .unwrap();
-    assert_eq!(after.status(), 303, "the session ended with the old password");
+    assert_eq!(
+        after.status(),
+        303,
+        "the session ended with the old password"
+    );
     server.stop().await;
 }
