@@ -106,6 +106,10 @@
     });
   }
 
+  // A secret that was asked for is below the history: bring it into view.
+  var key = document.getElementById("secret-key");
+  if (key) key.scrollIntoView({ block: "center" });
+
   // The side panel: focus it when it opens; Escape closes it.
   var panel = document.getElementById("delivery-panel");
   if (panel) {
