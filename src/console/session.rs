@@ -216,11 +216,17 @@ fn to_sign_in(request: &Request) -> Response {
 }
 
 /// A `next` target that stays on this server: a path, never `//host` or a full URL.
+/// Browsers drop tabs and line breaks from a URL and read `\` as `/`, so a path with
+/// either could still name another host.
 pub fn safe_next(next: Option<&str>) -> String {
+    let on_this_server = |path: &str| {
+        path.starts_with('/')
+            && !path.starts_with("//")
+            && !path.contains('\\')
+            && !path.chars().any(|c| c.is_control() || c.is_whitespace())
+    };
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
-            path.to_string()
-        }
+        Some(path) if on_this_server(path) => path.to_string(),
         _ => super::HOME.to_string(),
     }
 }
@@ -238,7 +244,15 @@ mod tests {
     #[test]
     fn next_targets_stay_on_this_server() {
         assert_eq!(safe_next(Some("/settings")), "/settings");
-        for outside in ["//evil.example/", "https://evil.example/", "/\\evil", "x"] {
+        let outside = [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "x",
+        ];
+        for outside in outside {
             assert_eq!(safe_next(Some(outside)), super::super::HOME, "{outside}");
         }
         assert_eq!(safe_next(None), super::super::HOME);

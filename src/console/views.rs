@@ -320,3 +320,66 @@ pub fn error_page(err: ApiError) -> Response {
     };
     message_page(err.status, &message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Ordering;
+
+    fn endpoint(enabled: bool) -> Endpoint {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        Endpoint {
+            id: "ep_1".to_string(),
+            name: "n".to_string(),
+            url: "https://h.example/".to_string(),
+            enabled,
+            events: vec![],
+            ordering: Ordering::Accepted,
+            secret: String::new(),
+            previous_secret: None,
+            previous_secret_until: None,
+            disabled_reason: None,
+            created_at: at,
+            updated_at: at,
+            last_triggered_at: None,
+        }
+    }
+
+    #[test]
+    fn health_is_disabled_failing_since_or_healthy() {
+        let outage = Outage {
+            endpoint_id: "ep_1".to_string(),
+            failing_since: chrono::DateTime::from_timestamp(1_700_000_060, 0).unwrap(),
+            alerted_at: None,
+            last_error: Some("http_status: status 500".to_string()),
+        };
+        assert_eq!(EndpointView::new(&endpoint(true), &[]).health, "healthy");
+        let failing = EndpointView::new(&endpoint(true), std::slice::from_ref(&outage));
+        assert_eq!(failing.health, "failing");
+        assert_eq!(
+            failing.failing_since.unwrap().utc,
+            "2023-11-14 22:14:20 UTC"
+        );
+        let disabled = EndpointView::new(&endpoint(false), &[outage]);
+        assert_eq!(disabled.health, "disabled");
+        assert!(disabled.failing_since.is_none());
+    }
+
+    #[test]
+    fn chosen_events_are_grouped_by_their_trigger() {
+        let events = ["account.created", "invoice.paid", "account.service.add"].map(String::from);
+        let groups = group_events(&events);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].trigger, "account");
+        assert_eq!(groups[0].events, ["account.created", "account.service.add"]);
+        assert_eq!(groups[1].events, ["invoice.paid"]);
+    }
+
+    #[test]
+    fn times_are_utc_in_the_markup() {
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let view = time(&at);
+        assert_eq!(view.iso, "2023-11-14T22:13:20.123Z");
+        assert_eq!(view.utc, "2023-11-14 22:13:20 UTC");
+    }
+}
