@@ -621,7 +621,7 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
         .await;
     browser.click("#recover-form button[type=submit]").await;
     browser
-        .wait_text(".notice", "1 failed deliveries were resent")
+        .wait_text(".notice", "1 failed delivery was resent")
         .await;
     eventually("the recovered delivery succeeds", || async {
         let list = server.deliveries(&id).await;

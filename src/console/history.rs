@@ -81,7 +81,10 @@ pub fn notice_text(code: &str, count: Option<i64>) -> Option<String> {
         "disabled" => "The endpoint was disabled; its pending deliveries wait.".to_string(),
         "deleted" => "The endpoint was deleted.".to_string(),
         "resent" => "The delivery was resent.".to_string(),
-        "recovered" => format!("{} failed deliveries were resent.", count.unwrap_or(0)),
+        "recovered" => match count.unwrap_or(0) {
+            1 => "1 failed delivery was resent.".to_string(),
+            n => format!("{n} failed deliveries were resent."),
+        },
         _ => return None,
     };
     Some(text)
