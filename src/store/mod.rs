@@ -12,8 +12,9 @@ use async_trait::async_trait;
 
 use crate::clock::Timestamp;
 use crate::model::{
-    AfterAttempt, Alert, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
-    EndpointFields, EventType, NewApiToken, NewEvent, NewUser, Principal, User, UserChanges,
+    AfterAttempt, Alert, ApiToken, Attempt, AttemptRecord, ConsoleSession, Delivery,
+    DeliveryStatus, Endpoint, EndpointFields, EventType, NewApiToken, NewEvent, NewUser, Principal,
+    User, UserChanges,
 };
 
 pub use sqlite::SqliteStore;
@@ -180,7 +181,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a token; with an `owner`, only one of that user's
     /// ([`StoreError::NotFound`] otherwise).
     async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()>;
-    /// Deletes the user's tokens that expire (those made by signing in), except `keep`.
+    /// Ends the user's sign-ins: deletes the tokens that expire (those made by signing
+    /// in), except `keep`, and every console session. Returns how many tokens went.
     async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64>;
     /// Sets a token's last-used time. Callers write it at most about once a minute per
     /// token, so that using a token is not a write per request.
@@ -307,6 +309,16 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64>;
     /// Releases every lease; only for a store that a single process owns.
     async fn release_all_leases(&self) -> StoreResult<u64>;
+
+    /// How many deliveries of the endpoint are still pending.
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64>;
+
+    /// Stores a new console session, and removes sessions that expired before `now`.
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()>;
+    /// The session with this id hash, if it exists and has not expired at `now`.
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>>;
+    /// Ends a session (signing out); ending one that does not exist is not an error.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
     /// Alerts not yet passed on to people and not postponed past `now`, oldest first.

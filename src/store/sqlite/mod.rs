@@ -1163,6 +1163,65 @@ impl Store for SqliteStore {
         Ok(released)
     }
 
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64> {
+        let count = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE endpoint_id = ? AND status = 'pending'",
+        )
+        .bind(endpoint_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(count)
+    }
+
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, user_id, csrf_token, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.user_id)
+        .bind(&session.csrf_token)
+        .bind(micros(session.created_at))
+        .bind(micros(session.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>> {
+        let row = sqlx::query(
+            "SELECT s.id_hash, s.user_id, u.name AS user_name, s.csrf_token, s.created_at, \
+             s.expires_at FROM console_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = ? AND s.expires_at > ?",
+        )
+        .bind(id_hash)
+        .bind(micros(now))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|row| ConsoleSession {
+            id_hash: row.get("id_hash"),
+            user_id: row.get("user_id"),
+            user_name: row.get("user_name"),
+            csrf_token: row.get("csrf_token"),
+            created_at: from_micros(row.get("created_at")),
+            expires_at: from_micros(row.get("expires_at")),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
         let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?");
         let rows = sqlx::query(&sql)
