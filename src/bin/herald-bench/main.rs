@@ -31,9 +31,12 @@ pub struct Args {
         default_value = "ceiling,ingest,e2e,steady,isolation,backlog"
     )]
     scenarios: Vec<String>,
-    /// Deliveries waiting on a dead endpoint in the backlog scenario
+    /// Deliveries waiting on a dead endpoint in the backlog scenario [default: 1000000]
     #[arg(long)]
     backlog: Option<usize>,
+    /// Events in each end-to-end burst [default: 50000]
+    #[arg(long)]
+    burst: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {

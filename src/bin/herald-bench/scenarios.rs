@@ -45,6 +45,7 @@ impl Sizes {
             },
         };
         sizes.backlog = args.backlog.unwrap_or(sizes.backlog);
+        sizes.burst = args.burst.unwrap_or(sizes.burst);
         sizes
     }
 }
