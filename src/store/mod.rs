@@ -263,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.claim_next(request).await?.into_iter().collect())
     }
 
+    /// Gives back claims that a lane will not attempt, so they are due again at once
+    /// and nothing overtakes them. A store whose claims are single has none to give.
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        let _ = seqs;
+        Ok(())
+    }
+
     /// Records several attempts and makes the lane's next claim of up to `limit`
     /// deliveries. A store that cannot batch records them one by one.
     async fn record_many(
