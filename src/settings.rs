@@ -107,10 +107,6 @@ impl Settings {
         }
     }
 
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("herald.db")
-    }
-
     pub fn initial_token_path(&self) -> PathBuf {
         self.data_dir.join("initial-admin-token")
     }

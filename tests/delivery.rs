@@ -454,6 +454,7 @@ async fn resend_sends_a_failed_delivery_again_with_a_new_window() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -488,6 +489,7 @@ async fn recover_resends_every_failed_delivery_since_a_time() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -569,6 +571,7 @@ async fn a_recovered_endpoint_raises_one_recovery_alert_after_one_failing_alert(
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;

@@ -376,11 +376,14 @@ async fn the_quick_start_works_from_the_command_line() {
     assert!(printed.contains("webhook-signature: v1,"), "{printed}");
     assert!(printed.contains("\"created_at\""), "{printed}");
 
-    let (ok, out) = cli(
-        data.path(),
-        &herald.base,
-        &["deliveries", "--endpoint", &id],
-    );
+    // The receiver prints the webhook before Herald has recorded the attempt.
+    let history = || cli(data.path(), &herald.base, &["deliveries", "--endpoint", &id]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut ok, mut out) = history();
+    while !out.contains("succeeded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (ok, out) = history();
+    }
     assert!(
         ok && out.contains("succeeded") && out.contains("account.status"),
         "{out}"

@@ -1,8 +1,10 @@
 //! Shared test helpers: the real server on port 0 with a temporary data directory and a
-//! manual clock, and a scripted receiver speaking HTTP/1.1 over loopback.
+//! manual clock, and a scripted receiver speaking HTTP/1.1 over loopback. The store is
+//! SQLite, or PostgreSQL with `HERALD_TEST_STORE=postgres` (see `database.rs`).
 
 #![allow(dead_code)]
 
+pub mod database;
 pub mod receiver;
 
 use std::sync::Arc;
@@ -14,12 +16,20 @@ use herald::settings::Settings;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+pub use database::{on_postgres, TestDatabase};
 pub use receiver::{Receiver, Reply};
 
 /// How to start a test server.
 pub struct Options {
     pub manual_clock: bool,
     pub configure: Box<dyn FnOnce(&mut Settings)>,
+    /// A PostgreSQL database to share with other servers of the test; by default each
+    /// server on PostgreSQL gets a fresh one.
+    pub database: Option<Arc<TestDatabase>>,
+    /// A manual clock to share with another server of the test.
+    pub clock: Option<Arc<ManualClock>>,
+    /// The token of a server that shares this server's database.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -27,6 +37,9 @@ impl Default for Options {
         Options {
             manual_clock: false,
             configure: Box::new(|_| {}),
+            database: None,
+            clock: None,
+            token: None,
         }
     }
 }
@@ -38,6 +51,8 @@ pub struct TestServer {
     pub clock: Option<Arc<ManualClock>>,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// Declared after `server`, so the database is dropped after the server's handles.
+    pub database: Option<Arc<TestDatabase>>,
 }
 
 impl TestServer {
@@ -66,11 +81,19 @@ impl TestServer {
         settings.dev = true;
         settings.delivery.allow_private = true;
         settings.delivery.attempt_timeout = Duration::from_secs(5);
+        let database = match options.database {
+            Some(shared) => Some(shared),
+            None if on_postgres() => Some(Arc::new(TestDatabase::create().await)),
+            None => None,
+        };
+        settings.database_url = database.as_ref().map(|d| d.url.clone());
         (options.configure)(&mut settings);
 
-        let manual = options
-            .manual_clock
-            .then(|| ManualClock::new(chrono::Utc::now()));
+        let manual = options.clock.or_else(|| {
+            options
+                .manual_clock
+                .then(|| ManualClock::new(chrono::Utc::now()))
+        });
         let clock: SharedClock = match &manual {
             Some(m) => m.clone(),
             None => Arc::new(SystemClock),
@@ -78,7 +101,11 @@ impl TestServer {
         let server = herald::server::start(settings.clone(), clock)
             .await
             .expect("server starts");
-        let token = std::fs::read_to_string(settings.initial_token_path()).expect("initial token");
+        // On a shared database only the first server creates a token; the others use it.
+        let token = match std::fs::read_to_string(settings.initial_token_path()) {
+            Ok(token) => token,
+            Err(_) => options.token.expect("the initial token of the first server"),
+        };
         TestServer {
             base: format!("http://{}", server.addr),
             server: Some(server),
@@ -86,6 +113,7 @@ impl TestServer {
             clock: manual,
             http: reqwest::Client::new(),
             dir,
+            database,
         }
     }
 
@@ -173,6 +201,18 @@ impl TestServer {
 
     pub fn advance(&self, by: Duration) {
         self.clock.as_ref().expect("manual clock").advance(by);
+    }
+
+    /// Another server on this server's PostgreSQL database and clock, as a second
+    /// process would be.
+    pub async fn sibling(&self) -> TestServer {
+        TestServer::start_with(Options {
+            database: Some(self.database.clone().expect("a PostgreSQL test server")),
+            clock: self.clock.clone(),
+            token: Some(self.token.clone()),
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn stop(mut self) {

@@ -2,20 +2,20 @@
 //! cut. One connection writes and several read; SQLite allows one writer at a time,
 //! and a single writing connection turns lock waits into an orderly queue.
 
+use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::DateTime;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection};
+use sqlx::pool::PoolConnection;
+use sqlx::{Row, Sqlite, SqliteConnection};
 
-mod writer;
-
+use super::batch::{BatchWrites, WriterQueue};
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
@@ -24,15 +24,9 @@ use crate::model::{AlertKind, Ordering};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    writer_queue: writer::WriterQueue,
-}
-
-fn micros(at: Timestamp) -> i64 {
-    at.timestamp_micros()
-}
-
-fn from_micros(value: i64) -> Timestamp {
-    DateTime::from_timestamp_micros(value).unwrap_or_default()
+    writer_queue: WriterQueue,
+    /// Held for as long as the store is open: one process owns an SQLite data directory.
+    _lock: File,
 }
 
 fn opt_time(row: &SqliteRow, column: &str) -> Option<Timestamp> {
@@ -40,9 +34,14 @@ fn opt_time(row: &SqliteRow, column: &str) -> Option<Timestamp> {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+    /// Opens (or creates) the database `herald.db` in `data_dir`, after taking the
+    /// directory's lock file; a second process using the directory would corrupt the
+    /// queue's leases, so it is refused.
+    pub async fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
+        let lock = lock_data_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
         let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
+            .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -56,12 +55,79 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        let writer_queue = writer::WriterQueue::start(writer.clone());
+        let writer_queue = WriterQueue::start(SqliteWrites {
+            pool: writer.clone(),
+        });
         Ok(SqliteStore {
             writer,
             reader,
             writer_queue,
+            _lock: lock,
         })
+    }
+}
+
+/// The database file's name inside the data directory.
+pub const DATABASE_FILE: &str = "herald.db";
+
+fn lock_data_dir(dir: &Path) -> StoreResult<File> {
+    let path = dir.join("herald.lock");
+    let file = File::create(&path).map_err(|err| {
+        StoreError::Unavailable(format!("cannot create {}: {err}", path.display()))
+    })?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "another herald process is using the data directory {}",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// The group-committed writes, on the one writing connection.
+struct SqliteWrites {
+    pool: SqlitePool,
+}
+
+#[async_trait]
+impl BatchWrites for SqliteWrites {
+    type Conn = PoolConnection<Sqlite>;
+
+    // IMMEDIATE takes the write lock at once, so no statement of the batch can fail
+    // later for want of it.
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+
+    async fn acquire(&self) -> StoreResult<Self::Conn> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn close(conn: Self::Conn) {
+        let _ = conn.close().await;
+    }
+
+    async fn exec(conn: &mut Self::Conn, sql: &'static str) -> StoreResult<()> {
+        sqlx::Executor::execute(&mut **conn, sql).await?;
+        Ok(())
+    }
+
+    async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted> {
+        insert_event_in(conn, event).await
+    }
+
+    async fn claim(
+        conn: &mut Self::Conn,
+        request: &ClaimRequest,
+    ) -> StoreResult<Option<Claimed>> {
+        claim_in(conn, request).await
+    }
+
+    async fn record(
+        conn: &mut Self::Conn,
+        claimed: &Claimed,
+        attempt: &Attempt,
+        after: AfterAttempt,
+    ) -> StoreResult<bool> {
+        record_in(conn, claimed, attempt, after).await
     }
 }
 
@@ -288,14 +354,6 @@ async fn track_outage(
     Ok(())
 }
 
-fn describe_failure(attempt: &Attempt) -> String {
-    match (&attempt.error, attempt.status_code) {
-        (Some(error), _) => error.clone(),
-        (None, Some(status)) => format!("status {status}"),
-        (None, None) => "unknown failure".to_string(),
-    }
-}
-
 async fn insert_alert(
     conn: &mut SqliteConnection,
     kind: AlertKind,
@@ -475,17 +533,6 @@ async fn record_in(
         track_outage(conn, claimed, attempt, after).await?;
     }
     Ok(true)
-}
-
-fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let more = items.len() as i64 > limit;
-    items.truncate(limit.max(0) as usize);
-    let next_cursor = if more {
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
 }
 
 #[async_trait]
@@ -928,7 +975,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn release_all_leases(&self) -> StoreResult<u64> {
+    /// Every lease: the data directory's lock file proves that no other process is
+    /// using this database, so a lease can only be left by a process that died.
+    async fn release_orphaned_leases(&self) -> StoreResult<u64> {
         let released =
             sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
                 .execute(&self.writer)
