@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod database;
+pub mod process;
 pub mod receiver;
 
 use std::sync::Arc;
