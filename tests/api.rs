@@ -171,7 +171,7 @@ async fn bad_endpoint_requests_are_refused_with_a_code_and_a_detail() {
             "201",
         ),
         (
-            json!({"name": "a\u0000b", "url": url}),
+            json!({"name": "a\u{0}b", "url": url}),
             "invalid_name",
             "control characters",
         ),
