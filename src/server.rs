@@ -136,7 +136,10 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             SqliteStore::open(&settings.data_dir)
                 .await
                 .with_context(|| {
-                    format!("cannot open the database in {}", settings.data_dir.display())
+                    format!(
+                        "cannot open the database in {}",
+                        settings.data_dir.display()
+                    )
                 })?,
         ),
     };

@@ -37,8 +37,7 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
     /// at once, separated by `;`).
     async fn exec(conn: &mut Self::Conn, sql: &'static str) -> StoreResult<()>;
     async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted>;
-    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest)
-        -> StoreResult<Option<Claimed>>;
+    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>>;
     /// Records an attempt; false when the delivery no longer exists.
     async fn record(
         conn: &mut Self::Conn,
@@ -278,7 +277,10 @@ async fn abandon<W: BatchWrites>(mut conn: W::Conn, done: Vec<Done>, err: &Store
 
 fn fail_unrun(batch: Vec<Job>, why: &str) {
     let why = format!("not run: the transaction could not start: {why}");
-    fail_all(batch.into_iter().map(|job| job.not_run(&why)).collect(), &why);
+    fail_all(
+        batch.into_iter().map(|job| job.not_run(&why)).collect(),
+        &why,
+    );
 }
 
 fn fail_all(done: Vec<Done>, why: &str) {

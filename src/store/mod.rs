@@ -84,7 +84,10 @@ fn unavailable_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
     let code = db.code().unwrap_or_default();
     let postgres = code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "40001" | "40P01");
+        || matches!(
+            code.as_ref(),
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+        );
     let message = db.message();
     let sqlite = message.contains("database is locked") || message.contains("disk I/O");
     postgres || sqlite

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod database;
 pub mod process;
 pub mod receiver;
@@ -105,7 +106,9 @@ impl TestServer {
         // On a shared database only the first server creates a token; the others use it.
         let token = match std::fs::read_to_string(settings.initial_token_path()) {
             Ok(token) => token,
-            Err(_) => options.token.expect("the initial token of the first server"),
+            Err(_) => options
+                .token
+                .expect("the initial token of the first server"),
         };
         TestServer {
             base: format!("http://{}", server.addr),
@@ -133,6 +136,19 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// A body-less request with another token than the server's own.
+    pub async fn api_with(&self, token: &str, method: Method, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> Value {

@@ -139,4 +139,3 @@ pub async fn call(
         Err(_) => (0, Value::Null),
     }
 }
-

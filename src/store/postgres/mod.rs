@@ -191,10 +191,7 @@ impl BatchWrites for PostgresWrites {
         queue::insert_event_in(conn, event).await
     }
 
-    async fn claim(
-        conn: &mut Self::Conn,
-        request: &ClaimRequest,
-    ) -> StoreResult<Option<Claimed>> {
+    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>> {
         queue::claim_in(conn, request).await
     }
 
@@ -237,7 +234,9 @@ impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
         // sqlx holds a PostgreSQL advisory lock while it migrates, so processes that
         // start together take turns; the later ones find nothing left to do.
-        sqlx::migrate!("migrations/postgres").run(&self.pool).await?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
         let catalog = catalog::default_catalog();
         let column = |f: fn(&EventType) -> &String| -> Vec<String> {
             catalog.iter().map(|t| f(t).clone()).collect()
@@ -733,10 +732,7 @@ impl Store for PostgresStore {
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
         let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT $1");
-        let rows = sqlx::query(&sql)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(alert_from_row).collect())
     }
 
@@ -744,10 +740,7 @@ impl Store for PostgresStore {
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id LIMIT $1"
         );
-        let rows = sqlx::query(&sql)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(alert_from_row).collect())
     }
 

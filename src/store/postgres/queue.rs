@@ -19,8 +19,7 @@ use super::{delivery_from_row, endpoint_from_row, DELIVERY_COLUMNS, ENDPOINT_COL
 use crate::ids::new_id;
 use crate::model::{AfterAttempt, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering};
 use crate::store::{
-    describe_failure, from_micros, micros, Accepted, ClaimRequest, Claimed, StoreError,
-    StoreResult,
+    describe_failure, from_micros, micros, Accepted, ClaimRequest, Claimed, StoreError, StoreResult,
 };
 
 /// Stores an event and its deliveries. A concurrent insert of the same idempotency key

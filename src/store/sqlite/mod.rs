@@ -8,11 +8,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::batch::{BatchWrites, WriterQueue};
@@ -114,10 +114,7 @@ impl BatchWrites for SqliteWrites {
         insert_event_in(conn, event).await
     }
 
-    async fn claim(
-        conn: &mut Self::Conn,
-        request: &ClaimRequest,
-    ) -> StoreResult<Option<Claimed>> {
+    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>> {
         claim_in(conn, request).await
     }
 
