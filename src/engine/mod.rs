@@ -39,6 +39,15 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// while its attempt is still in flight.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
+/// How long a lane keeps its endpoint while work is waiting. Then it hands the
+/// endpoint over, so that on a store shared by several processes the work of a busy
+/// endpoint moves between them instead of staying with whichever started first.
+const LANE_TURN: Duration = Duration::from_secs(2);
+
+/// How long a process leaves an endpoint alone after handing it over: long enough for
+/// another process to take it, short enough to cost a lone process about 2% of a turn.
+const HANDOVER_PAUSE: Duration = Duration::from_millis(40);
+
 /// The longest wait between two attempts on the exponential schedule.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -168,9 +177,13 @@ impl Engine {
         let span = tracing::info_span!("lane", endpoint_id = %endpoint_id);
         self.tracker.spawn(
             async move {
-                if let Err(err) = engine.run_lane(&endpoint_id, &cancel).await {
-                    warn!(cause = %err, "lane stopped: store unavailable");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                match engine.run_lane(&endpoint_id, &cancel).await {
+                    Ok(LaneEnd::Drained) => {}
+                    Ok(LaneEnd::TurnOver) => tokio::time::sleep(HANDOVER_PAUSE).await,
+                    Err(err) => {
+                        warn!(cause = %err, "lane stopped: store unavailable");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
                 engine
                     .lanes
@@ -185,23 +198,27 @@ impl Engine {
         );
     }
 
+    /// Attempts the endpoint's due deliveries one at a time until none is due, or its
+    /// turn is over.
     async fn run_lane(
         &self,
         endpoint_id: &str,
         cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    ) -> Result<LaneEnd, StoreError> {
+        let turn = tokio::time::Instant::now();
         let mut next = self
             .store
             .claim_next(self.claim_request(endpoint_id))
             .await?;
         while let Some(claimed) = next {
-            next = self
-                .deliver(&claimed, Some((endpoint_id, cancel)))
-                .await?
-                .1
-                .next;
+            let turn_over = turn.elapsed() >= LANE_TURN;
+            let lane = (!turn_over).then_some((endpoint_id, cancel));
+            next = self.deliver(&claimed, lane).await?.1.next;
+            if turn_over {
+                return Ok(LaneEnd::TurnOver);
+            }
         }
-        Ok(())
+        Ok(LaneEnd::Drained)
     }
 
     fn claim_request(&self, endpoint_id: &str) -> ClaimRequest {
@@ -399,6 +416,14 @@ impl Engine {
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
+}
+
+/// Why a lane stopped.
+enum LaneEnd {
+    /// Nothing of its endpoint is due (or the engine is shutting down).
+    Drained,
+    /// It handed the endpoint over after [`LANE_TURN`].
+    TurnOver,
 }
 
 fn log_outcome(attempt: &Attempt, after: AfterAttempt, recorded: bool) {
