@@ -8,6 +8,8 @@
 //!   through the engine's guarded client for the URL check and test webhooks);
 //! - [`engine`]: the delivery engine that claims due deliveries and attempts them;
 //! - [`store`]: the database, the only place state lives;
+//! - [`auth`]: API tokens, password hashes and signing in;
+//! - [`alerts`] and [`mail`]: telling super admins about failing endpoints by e-mail;
 //! - [`cli`]: the `herald` command line, including the local `listen` receiver;
 //! - [`settings`]: flags, environment and the settings file, merged once at start.
 //!
@@ -15,13 +17,17 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod engine;
 pub mod ids;
+pub mod mail;
 pub mod model;
 pub mod payload;
+pub mod retention;
+pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod signing;

@@ -210,6 +210,8 @@ pub struct AttemptRecord {
     pub response_headers: String,
     pub response_body: Option<String>,
     pub response_truncated: bool,
+    /// The body was dropped to bound the history (neither the first nor the latest).
+    pub response_body_dropped: bool,
     pub error_kind: Option<String>,
     pub error: Option<String>,
 }
@@ -245,6 +247,33 @@ impl AlertKind {
             AlertKind::EndpointRecovered => "endpoint_recovered",
         }
     }
+
+    pub fn parse(text: &str) -> Option<AlertKind> {
+        match text {
+            "endpoint_failing" => Some(AlertKind::EndpointFailing),
+            "endpoint_recovered" => Some(AlertKind::EndpointRecovered),
+            _ => None,
+        }
+    }
+}
+
+/// What an alert says about its endpoint, stored with it as JSON at the moment it is
+/// raised, so the e-mail tells what was true then even if the endpoint changed since.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlertDetail {
+    pub endpoint_name: String,
+    pub endpoint_url: String,
+    /// The first failed attempt of the outage.
+    pub failing_since: Option<Timestamp>,
+    /// The endpoint's deliveries that are `failed` (and not resent) at that moment.
+    pub failed_deliveries: i64,
+    /// Deliveries of the endpoint still waiting for an attempt.
+    pub pending_deliveries: i64,
+    pub last_status: Option<u16>,
+    /// The last attempt's error; `None` for a recovery, whose last attempt succeeded.
+    pub last_error: Option<String>,
+    /// When the attempt that raised the alert was made.
+    pub at: Timestamp,
 }
 
 #[derive(Clone, Debug)]
@@ -255,12 +284,104 @@ pub struct Alert {
     pub created_at: Timestamp,
     pub detail: String,
     pub sent_at: Option<Timestamp>,
+    /// How many times passing it on failed (an SMTP server that did not take it).
+    pub send_attempts: i64,
+    pub last_send_error: Option<String>,
+    /// Not before this time is it passed on again, after a failure.
+    pub next_send_at: Option<Timestamp>,
 }
 
-/// Who a request acts for.
+/// What a user may do. Admins manage endpoints, events and their own tokens; super
+/// admins also manage users and receive alert e-mail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    SuperAdmin,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SuperAdmin => "super_admin",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "super_admin" => Some(Role::SuperAdmin),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A person who signs in or holds API tokens. The password hash is deliberately not
+/// here: it leaves the store only for a sign-in check, so no answer can carry it.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    /// Lower case. Only the first super admin, made on the first start, may lack one.
+    pub email: Option<String>,
+    pub name: String,
+    pub role: Role,
+    pub has_password: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// The fields of a user to change; `None` leaves one as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub password_hash: Option<String>,
+}
+
+/// An API token as listed: never the token itself, which is stored only as a hash.
+#[derive(Clone, Debug)]
+pub struct ApiToken {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    /// Set for a token made by signing in; a personal token never expires.
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewApiToken {
+    pub user_id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Who a request acts for: the token it carried and that token's user.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub user_id: String,
     pub token_id: String,
-    pub super_admin: bool,
+    pub role: Role,
+    pub last_used_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Principal {
+    pub fn is_super_admin(&self) -> bool {
+        self.role == Role::SuperAdmin
+    }
 }

@@ -1,7 +1,7 @@
 //! Starting and stopping `herald serve`: open the store, run migrations, create the
-//! first token, then run the API, the delivery engine and the alert task together under
-//! one cancellation token (and, on a shared store, the task that passes other
-//! processes' wake-ups to the engine).
+//! first super admin and its token, then run the API, the delivery engine, retention
+//! and the alert task together under one cancellation token (and, on a shared store,
+//! the task that passes other processes' wake-ups to the engine).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -10,16 +10,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use rand::RngCore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::alerts::AlertTask;
 use crate::api::{self, AppState};
+use crate::auth::{self, SignIn};
 use crate::clock::SharedClock;
 use crate::engine::Engine;
+use crate::mail::Mailer;
+use crate::secrets::SecretBox;
 use crate::settings::Settings;
 use crate::store::{PostgresStore, SqliteStore, Store};
 
@@ -53,7 +54,20 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         );
     }
 
-    let engine = Engine::new(store.clone(), clock.clone(), settings.delivery.clone());
+    let secrets = Arc::new(open_secret_box(&settings)?);
+    let engine = Engine::new(
+        store.clone(),
+        clock.clone(),
+        settings.delivery.clone(),
+        secrets,
+    );
+    let alerts = AlertTask::new(
+        store.clone(),
+        clock.clone(),
+        mailer(&settings)?,
+        &settings.public_url,
+    );
+    let sign_in = SignIn::new(store.clone(), clock.clone(), auth::Limits::default()).await;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -64,6 +78,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         engine: engine.clone(),
         clock: clock.clone(),
         settings: Arc::new(settings),
+        sign_in: Arc::new(sign_in),
     };
 
     let mut tasks = Vec::new();
@@ -75,15 +90,18 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
             cancel.clone(),
         )));
     }
-    tasks.push(tokio::spawn(crate::alerts::run(
+    tasks.push(tokio::spawn(crate::retention::run(
         store.clone(),
         clock.clone(),
+        state.settings.retention,
         cancel.clone(),
     )));
+    tasks.push(tokio::spawn(alerts.run(cancel.clone())));
     let shutdown = cancel.clone();
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned());
+        // The peer address is what the sign-in throttle counts per client.
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(err) = serve.await {
             warn!(cause = %err, "HTTP server stopped");
         }
@@ -125,6 +143,19 @@ impl Server {
         }
         info!("herald stopped");
     }
+}
+
+fn open_secret_box(settings: &Settings) -> anyhow::Result<SecretBox> {
+    if let Some(key) = &settings.secret_key {
+        return SecretBox::from_base64(key).context("invalid secret-key setting");
+    }
+    let path = settings.secret_key_path();
+    let (secrets, created) = SecretBox::from_key_file(&path)
+        .with_context(|| format!("cannot use the secret key file {}", path.display()))?;
+    if created {
+        info!(path = %path.display(), "created the key that seals endpoint secrets; back it up with the database");
+    }
+    Ok(secrets)
 }
 
 /// Opens the configured store and brings its schema up to date: PostgreSQL for a
@@ -181,7 +212,7 @@ async fn create_initial_token(
     // The token reaches the disk before it is stored, so a crash in between never leaves
     // a stored token that nobody can read; the file takes its final name only once the
     // token is stored.
-    let token = new_token();
+    let token = auth::new_token();
     let path = settings.initial_token_path();
     let draft = path.with_extension("new");
     let mut file = OpenOptions::new()
@@ -194,23 +225,30 @@ async fn create_initial_token(
     writeln!(file, "{token}")?;
     file.sync_all()?;
     let created = store
-        .ensure_initial_admin(&api::token_hash(&token), clock.now())
+        .ensure_initial_admin(&auth::token_hash(&token), clock.now())
         .await?;
-    if created.is_none() {
+    let Some(user_id) = created else {
         std::fs::remove_file(&draft)?;
         return Ok(());
-    }
+    };
     std::fs::rename(&draft, &path)?;
     info!(
         path = %path.display(),
+        user_id = %user_id,
         "created the first super admin; its API token is in this file, readable only by its owner"
+    );
+    info!(
+        set_email = %format!("herald user update {user_id} --email you@example.com"),
+        set_password = %format!("herald user passwd {user_id}"),
+        "the first super admin has no e-mail or password yet; set them to sign in and get alerts"
     );
     Ok(())
 }
 
-/// A new API token: a recognisable prefix and 32 random bytes.
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("hrld_{}", URL_SAFE_NO_PAD.encode(bytes))
+/// The SMTP client for alert e-mail, or `None` without `smtp-url`.
+fn mailer(settings: &Settings) -> anyhow::Result<Option<Mailer>> {
+    let Some(smtp) = settings.smtp()? else {
+        return Ok(None);
+    };
+    Ok(Some(Mailer::new(&smtp, &settings.smtp_from())?))
 }

@@ -12,6 +12,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::mail::{MailError, SmtpSettings};
+
 /// What counts as a successful reply from a receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -61,7 +63,14 @@ pub struct Settings {
     pub public_url: String,
     pub dev: bool,
     pub smtp_url: Option<String>,
+    /// The sender of alert e-mail; `None` means [`crate::mail::default_from`].
+    pub smtp_from: Option<String>,
     pub log_format: LogFormat,
+    /// How long events and their history are kept once every delivery is settled.
+    pub retention: Duration,
+    /// Base64 of the 32-byte key that seals endpoint secrets; without it, a key file in
+    /// the data directory is used (and created on first start).
+    pub secret_key: Option<String>,
     pub delivery: DeliverySettings,
 }
 
@@ -75,10 +84,15 @@ pub struct DeliverySettings {
     pub success: SuccessRule,
     /// How many endpoints may have an attempt in flight at once, in this process.
     pub max_concurrent_endpoints: usize,
+    /// Requests per minute an endpoint gets while it is down (after several failures in
+    /// a row), however many deliveries wait for it.
+    pub down_endpoint_rate: u32,
     /// How long the old secret keeps signing after a rotation.
     pub secret_grace: Duration,
     /// Allows loopback and private addresses and plain `http` URLs.
     pub allow_private: bool,
+    /// Networks receivers may be in even though they are not public.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -93,7 +107,10 @@ impl Settings {
             public_url: format!("http://{listen}"),
             dev: false,
             smtp_url: None,
+            smtp_from: None,
             log_format: LogFormat::Text,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            secret_key: None,
             delivery: DeliverySettings {
                 retry_interval: Duration::from_secs(60),
                 retry_window: Duration::from_secs(4 * 3600),
@@ -101,14 +118,35 @@ impl Settings {
                 attempt_timeout: Duration::from_secs(30),
                 success: SuccessRule::Any2xx,
                 max_concurrent_endpoints: 256,
+                down_endpoint_rate: 10,
                 secret_grace: Duration::from_secs(24 * 3600),
                 allow_private: false,
+                allow_networks: Vec::new(),
             },
         }
     }
 
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.data_dir.join("secret-key")
+    }
+
     pub fn initial_token_path(&self) -> PathBuf {
         self.data_dir.join("initial-admin-token")
+    }
+
+    /// The SMTP server for alert e-mail, if one is set.
+    pub fn smtp(&self) -> Result<Option<SmtpSettings>, MailError> {
+        self.smtp_url
+            .as_deref()
+            .map(SmtpSettings::parse)
+            .transpose()
+    }
+
+    /// The sender of alert e-mail.
+    pub fn smtp_from(&self) -> String {
+        self.smtp_from
+            .clone()
+            .unwrap_or_else(|| crate::mail::default_from(&self.public_url))
     }
 }
 
@@ -159,18 +197,45 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONCURRENT_ENDPOINTS")]
     pub max_concurrent_endpoints: Option<usize>,
 
+    /// Requests per minute to an endpoint that is down [default: 10]
+    #[arg(long, env = "HERALD_DOWN_ENDPOINT_RATE")]
+    pub down_endpoint_rate: Option<u32>,
+
+    /// A network receivers may be in although it is not public, like 10.1.0.0/16
+    /// (repeat, or separate with commas); cloud metadata addresses stay refused
+    #[arg(
+        long = "allow-network",
+        env = "HERALD_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub allow_networks: Vec<ipnet::IpNet>,
+
     /// Development mode: also send to loopback and private addresses and plain http
     #[arg(long, env = "HERALD_DEV", value_parser = parse_flag, num_args = 0..=1,
           default_missing_value = "true")]
     pub dev: Option<bool>,
 
-    /// SMTP server for alert e-mail, like smtp://user:pass@host:587
-    #[arg(long, env = "HERALD_SMTP_URL")]
+    /// SMTP server for alert e-mail: smtp://user:pass@host:587 (STARTTLS), smtps://…
+    /// (TLS), or smtp://127.0.0.1:25 (a local relay, no TLS) [default: none, alerts are
+    /// only logged]
+    #[arg(long, env = "HERALD_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+
+    /// Sender of alert e-mail [default: Herald <herald@the public URL's host>]
+    #[arg(long, env = "HERALD_SMTP_FROM")]
+    pub smtp_from: Option<String>,
 
     /// Base URL of this server, used for links in e-mails [default: http://<listen>]
     #[arg(long, env = "HERALD_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// How long settled events and their history are kept [default: 30days]
+    #[arg(long, env = "HERALD_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
+    /// Key that seals endpoint secrets (base64 of 32 bytes) [default: <data dir>/secret-key]
+    #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
 
     /// Log format [default: text]
     #[arg(long, env = "HERALD_LOG_FORMAT")]
@@ -195,10 +260,16 @@ struct FileSettings {
     #[serde(default, with = "humantime_serde_opt")]
     secret_grace: Option<Duration>,
     max_concurrent_endpoints: Option<usize>,
+    down_endpoint_rate: Option<u32>,
+    allow_networks: Option<Vec<ipnet::IpNet>>,
     dev: Option<bool>,
     smtp_url: Option<String>,
+    smtp_from: Option<String>,
     public_url: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde_opt")]
+    retention: Option<Duration>,
+    secret_key: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -227,6 +298,7 @@ impl ServeArgs {
         s.database_url = pick(&self.database_url, file.database_url);
         s.dev = pick(&self.dev, file.dev).unwrap_or(false);
         s.smtp_url = pick(&self.smtp_url, file.smtp_url);
+        s.smtp_from = pick(&self.smtp_from, file.smtp_from);
         s.log_format = pick(&self.log_format, file.log_format).unwrap_or(s.log_format);
         d.retry_interval =
             pick(&self.retry_interval, file.retry_interval).unwrap_or(d.retry_interval);
@@ -242,7 +314,15 @@ impl ServeArgs {
             file.max_concurrent_endpoints,
         )
         .unwrap_or(d.max_concurrent_endpoints);
+        d.down_endpoint_rate =
+            pick(&self.down_endpoint_rate, file.down_endpoint_rate).unwrap_or(d.down_endpoint_rate);
+        s.retention = pick(&self.retention, file.retention).unwrap_or(s.retention);
+        s.secret_key = pick(&self.secret_key, file.secret_key);
         d.allow_private = s.dev;
+        d.allow_networks = match (self.allow_networks.is_empty(), file.allow_networks) {
+            (true, Some(networks)) => networks,
+            _ => self.allow_networks.clone(),
+        };
         s.public_url = pick(&self.public_url, file.public_url)
             .unwrap_or_else(|| format!("http://{}", s.listen));
 
@@ -272,8 +352,25 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
         "attempt-timeout must be more than 0"
     );
     anyhow::ensure!(
+        d.down_endpoint_rate > 0,
+        "down-endpoint-rate must be more than 0"
+    );
+    anyhow::ensure!(
         d.max_concurrent_endpoints > 0,
         "max-concurrent-endpoints must be more than 0"
+    );
+    check_public_url(&s.public_url)?;
+    s.smtp()?;
+    crate::mail::parse_mailbox(&s.smtp_from()).context("invalid smtp-from")?;
+    Ok(())
+}
+
+fn check_public_url(text: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(text)
+        .with_context(|| format!("invalid public-url '{text}': not an absolute URL"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https"),
+        "invalid public-url '{text}': it must start with http:// or https://"
     );
     Ok(())
 }

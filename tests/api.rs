@@ -728,3 +728,60 @@ async fn after_a_secret_rotation_both_secrets_sign_for_the_grace_period() {
     let post = receiver.wait_posts(2).await.remove(1);
     assert!(verifies(&new, &post) && !verifies(&old, &post));
 }
+
+#[tokio::test]
+async fn endpoint_secrets_are_stored_sealed_and_shown_only_on_request() {
+    let server = TestServer::start().await;
+    let receiver = Receiver::start().await;
+    let endpoint = server.endpoint(&receiver.url, &["account.created"]).await;
+    let secret = server
+        .get(&format!("/api/v1/endpoints/{endpoint}/secret"))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, rotated) = server
+        .api(
+            Method::POST,
+            &format!("/api/v1/endpoints/{endpoint}/secret/rotate"),
+            None,
+        )
+        .await;
+    let rotated = rotated["key"].as_str().unwrap().to_string();
+
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(server.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("herald.db")
+        {
+            stored.extend(std::fs::read(path).unwrap());
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        !stored.contains(&secret[6..]) && !stored.contains(&rotated[6..]),
+        "a secret is readable in the database files"
+    );
+    let listed = server.get("/api/v1/endpoints").await.to_string();
+    assert!(
+        !listed.contains("whsec_") && !listed.contains("sealed"),
+        "{listed}"
+    );
+
+    server.emit("account.created", json!(1), json!({})).await;
+    let post = receiver.wait_posts(1).await.remove(0);
+    let verifies = |key: &str| {
+        herald::signing::verify(
+            key,
+            post.header("webhook-id"),
+            post.header("webhook-timestamp"),
+            post.body.as_bytes(),
+            post.header("webhook-signature"),
+        )
+    };
+    assert!(verifies(&secret) && verifies(&rotated));
+}

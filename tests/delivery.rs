@@ -582,6 +582,8 @@ async fn a_recovered_endpoint_raises_one_recovery_alert_after_one_failing_alert(
     receiver.wait_posts(5).await;
     receiver.set_default(Reply::Status(200));
     server.emit("account.deleted", json!(6), json!({})).await;
+    // Five failures in a row paused the endpoint; the next probe comes a little later.
+    server.advance(Duration::from_secs(6));
     receiver.wait_posts(6).await;
 
     eventually("two alerts", || async {

@@ -64,7 +64,7 @@ async fn servers_that_start_together_migrate_once_and_make_one_first_admin() {
     let tokens: Vec<_> = servers.iter().filter(|s| !s.token.is_empty()).collect();
     assert_eq!(tokens.len(), 1, "exactly one server wrote the first token");
     let (status, _) = servers[2]
-        .api_with(&tokens[0].token, Method::GET, "/api/v1/endpoints")
+        .api_as(&tokens[0].token, Method::GET, "/api/v1/endpoints", None)
         .await;
     assert_eq!(status, 200, "the token works on every server");
 }

@@ -1,5 +1,6 @@
--- Herald's schema on PostgreSQL. It mirrors migrations/sqlite/0001_init.sql so that both
--- stores read alike: times are microseconds since the Unix epoch (UTC) in a BIGINT.
+-- Herald's schema on PostgreSQL. It mirrors migrations/sqlite/ (0001 to 0003, folded
+-- into one here, since no PostgreSQL database predates them) so that both stores read
+-- alike: times are microseconds since the Unix epoch (UTC) in a BIGINT.
 
 CREATE TABLE users (
     id TEXT PRIMARY KEY,
@@ -7,7 +8,8 @@ CREATE TABLE users (
     name TEXT NOT NULL,
     password_hash TEXT,
     role TEXT NOT NULL CHECK (role IN ('super_admin', 'admin')),
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
 );
 
 CREATE TABLE tokens (
@@ -16,8 +18,12 @@ CREATE TABLE tokens (
     name TEXT NOT NULL,
     token_hash TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL,
-    last_used_at BIGINT
+    last_used_at BIGINT,
+    -- A token made by signing in expires; a personal token never does (NULL).
+    expires_at BIGINT
 );
+
+CREATE INDEX tokens_by_user ON tokens (user_id, id);
 
 CREATE TABLE event_types (
     name TEXT PRIMARY KEY,
@@ -63,6 +69,9 @@ CREATE TABLE events (
     delivery_count BIGINT NOT NULL
 );
 
+-- Retention removes old events in order of age.
+CREATE INDEX events_by_age ON events (created_at);
+
 -- seq is the order in which deliveries were accepted; an endpoint receives its
 -- deliveries in seq order while it answers.
 CREATE TABLE deliveries (
@@ -92,6 +101,9 @@ CREATE INDEX deliveries_pending_leases ON deliveries (lease_until)
     WHERE status = 'pending' AND lease_until IS NOT NULL;
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, seq);
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
+-- Finding deliveries whose retry window ended while they waited.
+CREATE INDEX deliveries_pending_by_first_attempt ON deliveries (first_attempt_at)
+    WHERE status = 'pending' AND first_attempt_at IS NOT NULL;
 
 -- response_body is BYTEA, not TEXT: a receiver's reply may hold a NUL byte, which
 -- PostgreSQL refuses in TEXT. The bytes are the reply as Herald read it (at most
@@ -105,6 +117,9 @@ CREATE TABLE attempts (
     response_headers TEXT NOT NULL,
     response_body BYTEA,
     response_truncated BOOLEAN NOT NULL,
+    -- A delivery retried for hours keeps the reply bodies of its first and latest
+    -- attempts; the bodies in between are dropped, and this says so.
+    response_body_dropped BOOLEAN NOT NULL DEFAULT false,
     error_kind TEXT,
     error TEXT
 );
@@ -125,7 +140,13 @@ CREATE TABLE alerts (
     endpoint_id TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     detail TEXT NOT NULL,
-    sent_at BIGINT
+    sent_at BIGINT,
+    -- Passing an alert on by e-mail is retried with backoff: how often it failed, why
+    -- the last time, and when to try again (NULL: at once). A process that takes an
+    -- alert to send moves next_send_at ahead first, as a lease (see unsent_alerts).
+    send_attempts BIGINT NOT NULL DEFAULT 0,
+    last_send_error TEXT,
+    next_send_at BIGINT
 );
 
 CREATE INDEX alerts_unsent ON alerts (created_at) WHERE sent_at IS NULL;

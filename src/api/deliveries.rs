@@ -45,6 +45,7 @@ pub struct AttemptOut {
     response_headers: serde_json::Map<String, serde_json::Value>,
     response_body: Option<String>,
     response_truncated: bool,
+    response_body_dropped: bool,
     error_kind: Option<String>,
     error: Option<String>,
 }
@@ -81,6 +82,7 @@ impl From<AttemptRecord> for AttemptOut {
             response_headers: headers_object(&a.response_headers),
             response_body: a.response_body,
             response_truncated: a.response_truncated,
+            response_body_dropped: a.response_body_dropped,
             error_kind: a.error_kind,
             error: a.error,
         }
@@ -262,6 +264,9 @@ pub async fn list_alerts(
                 "created_at": a.created_at,
                 "detail": serde_json::from_str::<serde_json::Value>(&a.detail).unwrap_or_default(),
                 "sent_at": a.sent_at,
+                "send_attempts": a.send_attempts,
+                "last_send_error": a.last_send_error,
+                "next_send_at": a.next_send_at,
             })
         })
         .collect();

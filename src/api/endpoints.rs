@@ -10,6 +10,7 @@ use super::event_types::check_known;
 use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::engine::chrono_duration;
+use crate::engine::egress::UrlError;
 use crate::model::{Endpoint, EndpointFields, Ordering};
 use crate::signing;
 use crate::store::StoreError;
@@ -74,7 +75,6 @@ pub struct TestOut {
 }
 
 const MAX_NAME: usize = 200;
-const MAX_URL: usize = 2048;
 
 fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     move |err| match err {
@@ -83,7 +83,7 @@ fn not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
+pub(super) fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(ApiError::unprocessable(
@@ -111,36 +111,13 @@ fn check_name(name: &str) -> Result<String, ApiError> {
 }
 
 fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
-    let url = url.trim();
-    if url.len() > MAX_URL {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            format!("url is longer than {MAX_URL} bytes"),
-        ));
+    match state.engine.policy().validate_endpoint_url(url) {
+        Ok(parsed) => Ok(parsed.to_string()),
+        Err(UrlError::Invalid(detail)) => Err(ApiError::unprocessable("invalid_url", detail)),
+        Err(UrlError::Blocked(detail)) => {
+            Err(ApiError::unprocessable("blocked_destination", detail))
+        }
     }
-    let parsed = url::Url::parse(url).map_err(|e| {
-        ApiError::unprocessable("invalid_url", format!("url '{url}' is not valid: {e}"))
-    })?;
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            "url must not carry a user name or password; put credentials in the receiver's path or query",
-        ));
-    }
-    if parsed.fragment().is_some() {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            format!("url '{url}' must not have a #fragment"),
-        ));
-    }
-    state.engine.policy().check_url(&parsed).map_err(|e| {
-        let code = match e {
-            crate::engine::egress::EgressError::Blocked(_) => "blocked_destination",
-            _ => "invalid_url",
-        };
-        ApiError::unprocessable(code, format!("url '{url}': {e}"))
-    })?;
-    Ok(parsed.to_string())
 }
 
 fn check_ordering(ordering: Option<&str>, current: Ordering) -> Result<Ordering, ApiError> {
@@ -191,12 +168,16 @@ pub async fn create_endpoint(
 
     let endpoint = state
         .store
-        .create_endpoint(&fields, &signing::new_secret(), state.clock.now())
+        .create_endpoint(
+            &fields,
+            &state.engine.secrets().seal(&signing::new_secret()),
+            state.clock.now(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(endpoint.into())))
 }
 
-fn missing(field: &str) -> ApiError {
+pub(super) fn missing(field: &str) -> ApiError {
     ApiError::unprocessable("missing_field", format!("field '{field}' is required"))
 }
 
@@ -307,8 +288,19 @@ pub async fn get_secret(
         .await
         .map_err(not_found(&id))?;
     Ok(Json(SecretOut {
-        key: endpoint.secret,
+        key: open_secret(&state, &endpoint.secret)?,
     }))
+}
+
+fn open_secret(state: &AppState, sealed: &str) -> Result<String, ApiError> {
+    state.engine.secrets().open(sealed).map_err(|err| {
+        tracing::error!(cause = %err, "cannot open an endpoint secret");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })
 }
 
 pub async fn rotate_secret(
@@ -317,12 +309,12 @@ pub async fn rotate_secret(
 ) -> Result<Json<SecretOut>, ApiError> {
     let now = state.clock.now();
     let old_until = now + chrono_duration(state.settings.delivery.secret_grace);
-    let endpoint = state
+    let secret = signing::new_secret();
+    let sealed = state.engine.secrets().seal(&secret);
+    state
         .store
-        .rotate_secret(&id, &signing::new_secret(), old_until, now)
+        .rotate_secret(&id, &sealed, old_until, now)
         .await
         .map_err(not_found(&id))?;
-    Ok(Json(SecretOut {
-        key: endpoint.secret,
-    }))
+    Ok(Json(SecretOut { key: secret }))
 }

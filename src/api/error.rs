@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Serialize;
 use tracing::error;
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +35,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
@@ -54,6 +58,14 @@ impl ApiError {
     pub fn unauthorized(detail: &str) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
     }
+
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, code, detail)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -62,7 +74,46 @@ impl IntoResponse for ApiError {
             code: self.code,
             detail: &self.detail,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> ApiError {
+        match err {
+            AuthError::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                err.to_string(),
+            ),
+            AuthError::Throttled(wait) => ApiError {
+                retry_after: Some(wait.as_secs().max(1)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    err.to_string(),
+                )
+            },
+            AuthError::InvalidEmail(detail) => ApiError::unprocessable("invalid_email", detail),
+            AuthError::InvalidPassword(detail) => {
+                ApiError::unprocessable("invalid_password", detail)
+            }
+            AuthError::Hashing(cause) => {
+                error!(cause = %cause, "password hashing failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+            AuthError::Store(err) => err.into(),
+        }
     }
 }
 

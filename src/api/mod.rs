@@ -2,14 +2,19 @@
 //!
 //! Handlers follow one shape: parse and validate the request, call the store or the
 //! engine, turn the result into an `…Out` type. Every `/api/v1` route requires a bearer
-//! token. Handlers never attempt a delivery themselves: they commit, then wake the
-//! engine (the test webhook and the URL check go through the engine's guarded client).
+//! token except `POST /api/v1/sign-in`, which hands one out. Every token's user may use
+//! every route except the management of other users, which is for super admins
+//! (`users.rs` checks that). Handlers never attempt a delivery themselves: they commit,
+//! then wake the engine (the test webhook and the URL check go through the engine's
+//! guarded client).
 
 mod deliveries;
 mod endpoints;
 mod error;
 mod event_types;
 mod events;
+mod tokens;
+mod users;
 
 use std::sync::Arc;
 
@@ -21,9 +26,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::clock::SharedClock;
+use crate::auth::{token_hash, SignIn};
+use crate::clock::{SharedClock, Timestamp};
 use crate::engine::Engine;
-use crate::payload::hex_sha256;
+use crate::model::Principal;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -35,6 +41,7 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub clock: SharedClock,
     pub settings: Arc<Settings>,
+    pub sign_in: Arc<SignIn>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -72,7 +79,22 @@ pub fn router(state: AppState) -> Router {
             get(event_types::list_event_types).post(event_types::create_event_type),
         )
         .route("/alerts", get(deliveries::list_alerts))
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/users/{id}",
+            get(users::get_user)
+                .patch(users::update_user)
+                .delete(users::delete_user),
+        )
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{id}", axum::routing::delete(tokens::delete_token))
+        .route("/sign-out", post(tokens::sign_out))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Added after the token layer, so it is the one route that needs no token.
+        .route("/sign-in", post(tokens::sign_in))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::payload::MAX_EVENT_BYTES,
         ));
@@ -112,10 +134,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Hashes an API token the way the store keeps it.
-pub fn token_hash(token: &str) -> String {
-    hex_sha256(token.as_bytes())
-}
+/// How stale a token's last-used time may get before it is written again: using a
+/// token must not cost a database write per request.
+const LAST_USED_PRECISION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 async fn require_token(
     State(state): State<AppState>,
@@ -137,8 +158,28 @@ async fn require_token(
     let Some(principal) = state.store.principal_for_token(&token_hash(token)).await? else {
         return Err(ApiError::unauthorized("the bearer token is not valid"));
     };
+    let now = state.clock.now();
+    if principal.expires_at.is_some_and(|at| at <= now) {
+        return Err(ApiError::unauthorized(
+            "the bearer token has expired; sign in again",
+        ));
+    }
+    touch_if_stale(&state, &principal, now).await;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
+}
+
+async fn touch_if_stale(state: &AppState, principal: &Principal, now: Timestamp) {
+    let stale = principal
+        .last_used_at
+        .is_none_or(|at| now - at >= LAST_USED_PRECISION);
+    if !stale {
+        return;
+    }
+    // A lost last-used time is not worth refusing the request over.
+    if let Err(err) = state.store.touch_token(&principal.token_id, now).await {
+        tracing::warn!(cause = %err, token_id = %principal.token_id, "cannot record token use");
+    }
 }
 
 /// A JSON body whose rejections are answered in the API's error shape.

@@ -68,7 +68,8 @@ pub struct ClientRest {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    /// `None` only for signing in, the one call that needs no token.
+    token: Option<String>,
     pub json: bool,
 }
 
@@ -89,10 +90,18 @@ impl Client {
             None => read_initial_token(&rest.data_dir)?,
         };
         Ok(Client {
+            token: Some(token),
+            ..Client::without_token(args)?
+        })
+    }
+
+    /// A client for signing in: it sends no token.
+    pub fn without_token(args: &ClientArgs) -> anyhow::Result<Client> {
+        Ok(Client {
             http: reqwest::Client::builder().build()?,
             base: args.url.trim_end_matches('/').to_string(),
-            token,
-            json: rest.json,
+            token: None,
+            json: args.rest.json,
         })
     }
 
@@ -113,7 +122,10 @@ impl Client {
         headers: &[(&str, String)],
     ) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }

@@ -4,6 +4,7 @@
 
 mod client;
 mod listen;
+mod users;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,26 @@ enum Command {
     },
     /// Show recorded alerts (failing and recovered endpoints)
     Alerts {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add, list, change and remove users, and set passwords
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create, list and revoke your personal API tokens
+    Token {
+        #[command(subcommand)]
+        command: users::TokenCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sign in with e-mail and password; prints a token that expires in 12 hours
+    SignIn {
+        email: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -210,6 +231,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliveries { args, client } => deliveries(args, &Client::new(&client)?).await,
         Command::EventTypes { command, client } => {
             event_types(command, &Client::new(&client)?).await
+        }
+        Command::User { command, client } => users::user(command, &Client::new(&client)?).await,
+        Command::Token { command, client } => users::token(command, &Client::new(&client)?).await,
+        Command::SignIn { email, client } => {
+            users::sign_in(&email, &Client::without_token(&client)?).await
         }
         Command::Alerts { client } => {
             let c = Client::new(&client)?;

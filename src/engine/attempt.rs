@@ -22,11 +22,13 @@ pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
 
 /// The client every outbound request goes through: guarded resolver, no redirects,
 /// connections kept alive and reused per receiver.
-pub fn build_client(policy: EgressPolicy) -> Client {
+pub fn build_client(policy: &EgressPolicy) -> Client {
     Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(std::sync::Arc::new(GuardedResolver { policy }))
+        .dns_resolver(std::sync::Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
@@ -42,26 +44,33 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
-/// Sends one request and describes the outcome; never returns an error.
-pub async fn send(
-    client: &Client,
-    policy: EgressPolicy,
-    request: Request<'_>,
-    attempted_at: Timestamp,
-    success: SuccessRule,
-) -> Attempt {
-    let started = Instant::now();
-    let mut attempt = Attempt {
+/// An attempt that failed before any request was sent.
+pub fn not_sent(attempted_at: Timestamp, kind: ErrorKind, detail: String) -> Attempt {
+    Attempt {
         attempted_at,
         duration_ms: 0,
         status_code: None,
         response_headers: Vec::new(),
         response_body: None,
         response_truncated: false,
-        error_kind: None,
-        error: None,
+        error_kind: Some(kind),
+        error: Some(format!("{}: {detail}", kind.as_str())),
         retry_after: None,
-    };
+    }
+}
+
+/// Sends one request and describes the outcome; never returns an error.
+pub async fn send(
+    client: &Client,
+    policy: &EgressPolicy,
+    request: Request<'_>,
+    attempted_at: Timestamp,
+    success: SuccessRule,
+) -> Attempt {
+    let started = Instant::now();
+    let mut attempt = not_sent(attempted_at, ErrorKind::Request, String::new());
+    attempt.error_kind = None;
+    attempt.error = None;
 
     let timeout = request.timeout;
     let outcome =
@@ -87,7 +96,7 @@ pub async fn send(
 
 async fn exchange(
     client: &Client,
-    policy: EgressPolicy,
+    policy: &EgressPolicy,
     request: Request<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), (ErrorKind, String)> {

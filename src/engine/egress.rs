@@ -7,6 +7,9 @@
 //! URL skip the resolver and are checked by [`EgressPolicy::check_url`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
@@ -24,6 +27,20 @@ pub enum EgressError {
     NoHost,
 }
 
+/// Why an endpoint URL was refused before any request was made.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL Herald can send to.
+    #[error("{0}")]
+    Invalid(String),
+    /// A literal address the policy refuses.
+    #[error("{0}")]
+    Blocked(String),
+}
+
+/// The longest endpoint URL accepted, in bytes.
+pub const MAX_URL: usize = 2048;
+
 /// The resolver's own errors, found again in a request error's source chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -33,10 +50,12 @@ pub enum ResolveError {
     Blocked { host: String, address: IpAddr },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EgressPolicy {
     /// Loopback, private, link-local and unique-local networks, and plain http.
     pub allow_private: bool,
+    /// Networks opened on purpose, such as a private network where receivers live.
+    pub allow_networks: Arc<[IpNet]>,
 }
 
 impl EgressPolicy {
@@ -45,10 +64,44 @@ impl EgressPolicy {
         if is_metadata(ip) || ip.is_unspecified() || ip.is_multicast() {
             return false;
         }
+        if self.allow_networks.iter().any(|net| net.contains(&ip)) {
+            return true;
+        }
         if self.allow_private {
             return !is_reserved(ip) || is_local(ip);
         }
         !is_reserved(ip) && !is_local(ip)
+    }
+
+    /// Checks a URL a caller gives for an endpoint: its form, then what the policy can
+    /// tell without DNS. Credentials and fragments are refused: credentials would be
+    /// shown wherever the URL is, and a fragment is never sent.
+    pub fn validate_endpoint_url(&self, text: &str) -> Result<Url, UrlError> {
+        let text = text.trim();
+        if text.len() > MAX_URL {
+            return Err(UrlError::Invalid(format!(
+                "url is longer than {MAX_URL} bytes"
+            )));
+        }
+        let url = Url::parse(text)
+            .map_err(|e| UrlError::Invalid(format!("url '{text}' is not valid: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlError::Invalid(
+                "url must not carry a user name or password; put credentials in the receiver's path or query".to_string(),
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(UrlError::Invalid(format!(
+                "url '{text}' must not have a #fragment"
+            )));
+        }
+        match self.check_url(&url) {
+            Ok(()) => Ok(url),
+            Err(e @ EgressError::Blocked(_)) => {
+                Err(UrlError::Blocked(format!("url '{text}': {e}")))
+            }
+            Err(e) => Err(UrlError::Invalid(format!("url '{text}': {e}"))),
+        }
     }
 
     /// Checks what can be checked without DNS: scheme, and a literal address.
@@ -140,14 +193,14 @@ fn is_reserved(ip: IpAddr) -> bool {
 }
 
 /// The resolver every outbound request uses.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct GuardedResolver {
     pub policy: EgressPolicy,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
@@ -191,6 +244,7 @@ mod tests {
     fn public_policy_refuses_every_non_public_range() {
         let public = EgressPolicy {
             allow_private: false,
+            ..EgressPolicy::default()
         };
         for refused in [
             "127.0.0.1",
@@ -227,6 +281,7 @@ mod tests {
     fn development_mode_opens_local_networks_but_never_metadata() {
         let dev = EgressPolicy {
             allow_private: true,
+            ..EgressPolicy::default()
         };
         for allowed in ["127.0.0.1", "10.0.0.1", "192.168.0.10", "::1", "8.8.8.8"] {
             assert!(dev.allows(ip(allowed)), "{allowed} should be allowed");
@@ -242,9 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_network_opens_only_itself_and_never_metadata() {
+        let policy = EgressPolicy {
+            allow_private: false,
+            allow_networks: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "169.254.0.0/16".parse().unwrap(),
+            ]
+            .into(),
+        };
+        assert!(policy.allows(ip("10.1.2.3")));
+        assert!(!policy.allows(ip("10.2.0.1")));
+        assert!(!policy.allows(ip("169.254.169.254")));
+    }
+
+    #[test]
     fn numeric_tricks_in_urls_are_read_as_the_address_they_mean() {
         let public = EgressPolicy {
             allow_private: false,
+            ..EgressPolicy::default()
         };
         for url in [
             "https://2130706433/",

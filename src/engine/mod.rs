@@ -9,6 +9,7 @@
 
 pub mod attempt;
 pub mod egress;
+mod pacing;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::catalog::TEST_EVENT;
 use crate::clock::{SharedClock, Timestamp};
 use crate::ids::new_id;
-use crate::model::{AfterAttempt, Attempt, Delivery, NewEvent};
+use crate::model::{AfterAttempt, Attempt, Delivery, ErrorKind, NewEvent};
 use crate::payload::{format_time, hex_sha256};
+use crate::secrets::SecretBox;
 use crate::settings::{DeliverySettings, RetrySchedule};
 use crate::signing;
 use crate::store::{ClaimRequest, Claimed, Recorded, Store, StoreError};
@@ -59,6 +61,9 @@ pub struct Engine {
     client: Client,
     wake: Notify,
     lanes: Mutex<HashSet<String>>,
+    pacing: pacing::Pacing,
+    next_sweep: Mutex<Option<Timestamp>>,
+    secrets: Arc<SecretBox>,
     tracker: TaskTracker,
 }
 
@@ -67,24 +72,34 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: SharedClock,
         settings: DeliverySettings,
+        secrets: Arc<SecretBox>,
     ) -> Arc<Engine> {
         let policy = EgressPolicy {
             allow_private: settings.allow_private,
+            allow_networks: settings.allow_networks.clone().into(),
         };
         Arc::new(Engine {
             store,
             clock,
-            client: attempt::build_client(policy),
+            client: attempt::build_client(&policy),
             policy,
+            pacing: pacing::Pacing::new(settings.down_endpoint_rate),
             settings,
             wake: Notify::new(),
             lanes: Mutex::new(HashSet::new()),
+            next_sweep: Mutex::new(None),
+            secrets,
             tracker: TaskTracker::new(),
         })
     }
 
-    pub fn policy(&self) -> EgressPolicy {
-        self.policy
+    /// Seals and opens endpoint secrets.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
     }
 
     /// Tells the scheduler that deliveries may have become due.
@@ -128,18 +143,22 @@ impl Engine {
     /// One pass: start lanes for due endpoints, then sleep until something may be due.
     async fn schedule(self: &Arc<Self>, cancel: &CancellationToken) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let busy: Vec<String> = self
-            .lanes
-            .lock()
-            .expect("lanes lock")
-            .iter()
-            .cloned()
-            .collect();
+        self.sweep(now).await?;
+        let (paused, resume) = self.pacing.paused(now);
+        let running = self.lanes.lock().expect("lanes lock").len();
         let room = self
             .settings
             .max_concurrent_endpoints
-            .saturating_sub(busy.len());
+            .saturating_sub(running);
         if room > 0 {
+            let mut busy: Vec<String> = self
+                .lanes
+                .lock()
+                .expect("lanes lock")
+                .iter()
+                .cloned()
+                .collect();
+            busy.extend(paused);
             let due = self.store.due_endpoints(now, &busy, room as i64).await?;
             debug!(due = due.len(), busy = busy.len(), "scheduler pass");
             for endpoint_id in due {
@@ -147,7 +166,10 @@ impl Engine {
             }
         }
 
-        let next = self.store.next_wake(now).await?;
+        let next = [self.store.next_wake(now).await?, resume]
+            .into_iter()
+            .flatten()
+            .min();
         let clock = self.clock.clone();
         let until_due = async move {
             match next {
@@ -161,6 +183,33 @@ impl Engine {
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
             _ = cancel.cancelled() => {}
         }
+        Ok(())
+    }
+
+    /// Fails deliveries whose retry window ended while they waited, at most once per
+    /// second of engine time. The sweep allows one retry interval past the window so it
+    /// never races the last attempt, which is due at the window's very end.
+    async fn sweep(&self, now: Timestamp) -> Result<(), StoreError> {
+        let due = self
+            .next_sweep
+            .lock()
+            .expect("sweep lock")
+            .is_none_or(|at| now >= at);
+        if !due {
+            return Ok(());
+        }
+        let grace = self.settings.retry_window + self.settings.retry_interval;
+        let expired = self
+            .store
+            .expire_overdue(now - chrono_duration(grace), now)
+            .await?;
+        if expired > 0 {
+            warn!(
+                expired,
+                "deliveries failed: their retry window ended while they waited"
+            );
+        }
+        *self.next_sweep.lock().expect("sweep lock") = Some(now + chrono::Duration::seconds(1));
         Ok(())
     }
 
@@ -249,8 +298,14 @@ impl Engine {
             if attempt.status_code == Some(410) && !claimed.delivery.test {
                 self.disable_gone(claimed, &attempt).await?;
             }
+            let pace_ok = claimed.delivery.test
+                || self.pacing.record(
+                    &claimed.endpoint.id,
+                    attempt.succeeded(),
+                    attempt.attempted_at,
+                );
             let next = lane
-                .filter(|(_, cancel)| !cancel.is_cancelled())
+                .filter(|(_, cancel)| pace_ok && !cancel.is_cancelled())
                 .map(|(endpoint_id, _)| self.claim_request(endpoint_id));
             let recorded = self
                 .store
@@ -267,7 +322,19 @@ impl Engine {
         let attempted_at = self.clock.now();
         let delivery = &claimed.delivery;
         let timestamp = attempted_at.timestamp();
-        let secrets = claimed.endpoint.signing_secrets(attempted_at);
+        let opened: Result<Vec<String>, _> = claimed
+            .endpoint
+            .signing_secrets(attempted_at)
+            .into_iter()
+            .map(|sealed| self.secrets.open(sealed))
+            .collect();
+        let secrets = match opened {
+            Ok(secrets) => secrets,
+            Err(err) => {
+                return attempt::not_sent(attempted_at, ErrorKind::Request, err.to_string())
+            }
+        };
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let signature = signing::signature_header(
             &secrets,
             &delivery.event_id,
@@ -297,7 +364,7 @@ impl Engine {
         };
         attempt::send(
             &self.client,
-            self.policy,
+            &self.policy,
             request,
             attempted_at,
             self.settings.success,
@@ -399,7 +466,7 @@ impl Engine {
         };
         let attempt = attempt::send(
             &self.client,
-            self.policy,
+            &self.policy,
             request,
             self.clock.now(),
             crate::settings::SuccessRule::Any2xx,

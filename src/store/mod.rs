@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::clock::Timestamp;
 use crate::model::{
-    AfterAttempt, Alert, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
-    EndpointFields, EventType, NewEvent, Principal,
+    AfterAttempt, Alert, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
+    EndpointFields, EventType, NewApiToken, NewEvent, NewUser, Principal, User, UserChanges,
 };
 
 pub use postgres::PostgresStore;
@@ -39,6 +39,8 @@ pub enum StoreError {
     AlreadyExists,
     #[error("an attempt is in flight")]
     InFlight,
+    #[error("the last super admin cannot be removed or demoted")]
+    LastSuperAdmin,
     /// The database cannot be reached or refuses work for now; trying again later may
     /// succeed, and nothing of the failed call was written.
     #[error("database unavailable: {0}")]
@@ -173,7 +175,53 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Option<String>>;
 
+    /// The token with this hash and its user, expired or not: the caller checks
+    /// `expires_at` against its clock.
     async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+
+    // Users and API tokens. A password hash leaves the store only through
+    // `sign_in_record`, and a token is only ever stored and looked up as its hash.
+
+    /// Creates a user; [`StoreError::AlreadyExists`] when the e-mail is taken.
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    async fn get_user(&self, id: &str) -> StoreResult<User>;
+    /// Users, newest first.
+    async fn list_users(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<User>>;
+    /// The user with this (lower-case) e-mail and their password hash, if they have one.
+    async fn sign_in_record(&self, email: &str) -> StoreResult<Option<(User, Option<String>)>>;
+    /// Changes the given fields. [`StoreError::LastSuperAdmin`] when it would leave no
+    /// super admin, [`StoreError::AlreadyExists`] when the new e-mail is taken. The check
+    /// and the change must be one atomic step (on a shared database: serializable, or a
+    /// lock on the super admins), or two demotions at once could both pass it.
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: &UserChanges,
+        now: Timestamp,
+    ) -> StoreResult<User>;
+    /// Deletes a user with their tokens; [`StoreError::LastSuperAdmin`] for the last
+    /// super admin, under the same atomicity rule as `update_user`.
+    async fn delete_user(&self, id: &str) -> StoreResult<()>;
+    /// The e-mail addresses of every super admin who has one: who gets alert e-mail.
+    async fn super_admin_emails(&self) -> StoreResult<Vec<String>>;
+
+    /// Stores a new token by its hash, and deletes the user's tokens that have expired.
+    async fn create_token(&self, token: &NewApiToken) -> StoreResult<ApiToken>;
+    /// A user's tokens, newest first.
+    async fn list_tokens(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Page<ApiToken>>;
+    /// Deletes a token; with an `owner`, only one of that user's
+    /// ([`StoreError::NotFound`] otherwise).
+    async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()>;
+    /// Deletes the user's tokens that expire (those made by signing in), except `keep`.
+    async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64>;
+    /// Sets a token's last-used time. Callers write it at most about once a minute per
+    /// token, so that using a token is not a write per request.
+    async fn touch_token(&self, id: &str, now: Timestamp) -> StoreResult<()>;
 
     async fn list_event_types(&self) -> StoreResult<Vec<EventType>>;
     async fn add_event_type(&self, event_type: &EventType) -> StoreResult<()>;
@@ -252,6 +300,15 @@ pub trait Store: Send + Sync + 'static {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded>;
+    /// Fails every pending, unclaimed delivery whose first attempt was before `cutoff`:
+    /// its retry window ended without a success while it waited (its endpoint was
+    /// disabled, or paced because it was down). Raises the failing alert as an attempt
+    /// would. Returns how many deliveries failed.
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64>;
+    /// Deletes up to `batch` events accepted before `before` whose deliveries are all
+    /// settled, with their deliveries and attempts, and sent alerts older than that.
+    /// Returns how many events went.
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64>;
     /// Releases, at start, the leases that no living process can hold, and returns how
     /// many. On a store one process owns (SQLite) that is every lease: the previous
     /// owner is gone. On a shared store (PostgreSQL) it is none, because another process
@@ -265,9 +322,12 @@ pub trait Store: Send + Sync + 'static {
     }
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
-    /// Alerts not yet passed on to people, oldest first.
-    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
+    /// Alerts not yet passed on to people and not postponed past `now`, oldest first.
+    /// An alert waits while an older one of its endpoint is unsent.
+    async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>>;
     async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()>;
+    /// Counts a failed try to pass an alert on and leaves it until `retry_at`.
+    async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()>;
 }
 
 /// Times are stored as microseconds since the Unix epoch, in both stores.

@@ -1,6 +1,7 @@
 //! Shared test helpers: the real server on port 0 with a temporary data directory and a
-//! manual clock, and a scripted receiver speaking HTTP/1.1 over loopback. The store is
-//! SQLite, or PostgreSQL with `HERALD_TEST_STORE=postgres` (see `database.rs`).
+//! manual clock, a scripted receiver speaking HTTP/1.1 over loopback, and an SMTP sink.
+//! The store is SQLite, or PostgreSQL with `HERALD_TEST_STORE=postgres` (see
+//! `database.rs`).
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ pub mod cluster;
 pub mod database;
 pub mod process;
 pub mod receiver;
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 pub use database::{on_postgres, TestDatabase};
+#[allow(unused_imports)]
 pub use receiver::{Receiver, Reply};
+#[allow(unused_imports)]
+pub use smtp::{Mail, SmtpSink};
+
+/// The password every user made by [`TestServer::add_user`] has.
+pub const PASSWORD: &str = "correct horse battery staple";
 
 /// How to start a test server.
 pub struct Options {
@@ -32,6 +40,9 @@ pub struct Options {
     pub clock: Option<Arc<ManualClock>>,
     /// The token of a server that shares this server's database.
     pub token: Option<String>,
+    /// Runs on SQLite whatever `HERALD_TEST_STORE` says, for a test that cannot reach
+    /// the PostgreSQL server (the test says why).
+    pub sqlite_only: bool,
 }
 
 impl Default for Options {
@@ -42,6 +53,7 @@ impl Default for Options {
             database: None,
             clock: None,
             token: None,
+            sqlite_only: false,
         }
     }
 }
@@ -85,7 +97,9 @@ impl TestServer {
         settings.delivery.attempt_timeout = Duration::from_secs(5);
         let database = match options.database {
             Some(shared) => Some(shared),
-            None if on_postgres() => Some(Arc::new(TestDatabase::create().await)),
+            None if on_postgres() && !options.sqlite_only => {
+                Some(Arc::new(TestDatabase::create().await))
+            }
             None => None,
         };
         settings.database_url = database.as_ref().map(|d| d.url.clone());
@@ -122,10 +136,21 @@ impl TestServer {
     }
 
     pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.api_as(&self.token, method, path, body).await
+    }
+
+    /// A request with another user's token.
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -138,17 +163,33 @@ impl TestServer {
         )
     }
 
-    /// A body-less request with another token than the server's own.
-    pub async fn api_with(&self, token: &str, method: Method, path: &str) -> (u16, Value) {
+    /// `POST /api/v1/sign-in`, without a token.
+    pub async fn sign_in(&self, email: &str, password: &str) -> (u16, Value) {
         let response = self
             .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
+            .post(format!("{}/api/v1/sign-in", self.base))
+            .json(&json!({"email": email, "password": password}))
             .send()
             .await
             .expect("request reaches the server");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Adds a user with [`PASSWORD`] as the initial super admin; returns its id.
+    pub async fn add_user(&self, email: &str, role: &str) -> String {
+        let body = json!({"email": email, "name": email, "password": PASSWORD, "role": role});
+        let (status, user) = self.api(Method::POST, "/api/v1/users", Some(body)).await;
+        assert_eq!(status, 201, "add user: {user}");
+        user["id"].as_str().unwrap().to_string()
+    }
+
+    /// Adds a user and signs them in; returns their id and token.
+    pub async fn user_with_token(&self, email: &str, role: &str) -> (String, String) {
+        let id = self.add_user(email, role).await;
+        let (status, answer) = self.sign_in(email, PASSWORD).await;
+        assert_eq!(status, 200, "sign in: {answer}");
+        (id, answer["token"].as_str().unwrap().to_string())
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -223,7 +264,11 @@ impl TestServer {
     /// Another server on this server's PostgreSQL database and clock, as a second
     /// process would be.
     pub async fn sibling(&self) -> TestServer {
+        // Endpoint secrets are sealed with the data directory's key, which every
+        // process on one database must share.
+        let key = std::fs::read_to_string(self.dir.path().join("secret-key")).expect("secret key");
         TestServer::start_with(Options {
+            configure: Box::new(move |s| s.secret_key = Some(key.trim().to_string())),
             database: Some(self.database.clone().expect("a PostgreSQL test server")),
             clock: self.clock.clone(),
             token: Some(self.token.clone()),

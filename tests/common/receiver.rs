@@ -61,6 +61,7 @@ struct State {
     /// POSTs being answered now, and the most there ever were at once.
     in_flight: usize,
     max_in_flight: usize,
+    connections: usize,
 }
 
 pub struct Receiver {
@@ -92,12 +93,14 @@ impl Receiver {
             body_bytes_sent: 0,
             in_flight: 0,
             max_in_flight: 0,
+            connections: 0,
         }));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (accept_state, accept_tasks) = (state.clone(), tasks.clone());
         tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = accept_state.clone();
+                state.lock().unwrap().connections += 1;
                 accept_tasks
                     .lock()
                     .unwrap()
@@ -139,6 +142,11 @@ impl Receiver {
     /// The most POSTs this receiver was ever answering at the same time.
     pub fn max_in_flight(&self) -> usize {
         self.state.lock().unwrap().max_in_flight
+    }
+
+    /// How many TCP connections were accepted, whether or not they carried a request.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn body_bytes_sent(&self) -> usize {

@@ -9,6 +9,7 @@
 
 mod listener;
 mod queue;
+mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +37,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long `/healthz` waits for the database.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an alert taken to be passed on is hidden from the other processes' alert
+/// tasks; a process that dies meanwhile leaves it to be sent after this.
+const ALERT_LEASE: Duration = Duration::from_secs(300);
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -127,7 +132,8 @@ fn delivery_from_row(row: &PgRow) -> Delivery {
     }
 }
 
-const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at";
+const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at, \
+    send_attempts, last_send_error, next_send_at";
 
 fn alert_from_row(row: &PgRow) -> Alert {
     Alert {
@@ -137,6 +143,9 @@ fn alert_from_row(row: &PgRow) -> Alert {
         created_at: from_micros(row.get("created_at")),
         detail: row.get("detail"),
         sent_at: opt_time(row, "sent_at"),
+        send_attempts: row.get("send_attempts"),
+        last_send_error: row.get("last_send_error"),
+        next_send_at: opt_time(row, "next_send_at"),
     }
 }
 
@@ -149,6 +158,7 @@ fn attempt_from_row(row: &PgRow) -> AttemptRecord {
         response_headers: row.get("response_headers"),
         response_body: body.map(|b| String::from_utf8_lossy(&b).into_owned()),
         response_truncated: row.get("response_truncated"),
+        response_body_dropped: row.get("response_body_dropped"),
         error_kind: row.get("error_kind"),
         error: row.get("error"),
     }
@@ -282,8 +292,8 @@ impl Store for PostgresStore {
         }
         let user_id = new_id("usr");
         sqlx::query(
-            "INSERT INTO users (id, email, name, role, created_at) \
-             VALUES ($1, NULL, 'Initial admin', 'super_admin', $2)",
+            "INSERT INTO users (id, email, name, role, created_at, updated_at) \
+             VALUES ($1, NULL, 'Initial admin', 'super_admin', $2, $2)",
         )
         .bind(&user_id)
         .bind(micros(now))
@@ -304,18 +314,65 @@ impl Store for PostgresStore {
     }
 
     async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
-        let row = sqlx::query(
-            "SELECT t.id AS token_id, u.id AS user_id, u.role FROM tokens t \
-             JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| Principal {
-            user_id: row.get("user_id"),
-            token_id: row.get("token_id"),
-            super_admin: row.get::<String, _>("role") == "super_admin",
-        }))
+        users::principal_for_token(&self.pool, token_hash).await
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        users::create_user(&self.pool, user).await
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<User> {
+        users::get_user(&self.pool, id).await
+    }
+
+    async fn list_users(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<User>> {
+        users::list_users(&self.pool, cursor, limit).await
+    }
+
+    async fn sign_in_record(&self, email: &str) -> StoreResult<Option<(User, Option<String>)>> {
+        users::sign_in_record(&self.pool, email).await
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: &UserChanges,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        users::update_user(&self.pool, id, changes, now).await
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<()> {
+        users::delete_user(&self.pool, id).await
+    }
+
+    async fn super_admin_emails(&self) -> StoreResult<Vec<String>> {
+        users::super_admin_emails(&self.pool).await
+    }
+
+    async fn create_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        users::create_token(&self.pool, token).await
+    }
+
+    async fn list_tokens(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Page<ApiToken>> {
+        users::list_tokens(&self.pool, user_id, cursor, limit).await
+    }
+
+    async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()> {
+        users::delete_token(&self.pool, id, owner).await
+    }
+
+    async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64> {
+        users::delete_sign_in_tokens(&self.pool, user_id, keep).await
+    }
+
+    async fn touch_token(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+        users::touch_token(&self.pool, id, now).await
     }
 
     async fn list_event_types(&self) -> StoreResult<Vec<EventType>> {
@@ -601,8 +658,8 @@ impl Store for PostgresStore {
         };
         let attempts = sqlx::query(
             "SELECT attempted_at, duration_ms, status_code, response_headers, response_body, \
-             response_truncated, error_kind, error FROM attempts WHERE delivery_seq = $1 \
-             ORDER BY id",
+             response_truncated, response_body_dropped, error_kind, error FROM attempts \
+             WHERE delivery_seq = $1 ORDER BY id",
         )
         .bind(row.get::<i64, _>("seq"))
         .fetch_all(&self.pool)
@@ -719,6 +776,35 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        queue::expire_overdue(&self.pool, cutoff, now).await
+    }
+
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT v.id FROM events v WHERE v.created_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = v.id AND d.status = 'pending') \
+             ORDER BY v.created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(micros(before))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        for sql in [
+            "DELETE FROM deliveries WHERE event_id = ANY($1)",
+            "DELETE FROM events WHERE id = ANY($1)",
+        ] {
+            sqlx::query(sql).bind(&events).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM alerts WHERE created_at < $1 AND sent_at IS NOT NULL")
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events.len() as u64)
+    }
+
     /// None: other processes share this database, and any lease may be theirs, held
     /// for an attempt in flight right now. Leases of a process that died run out by
     /// themselves (the attempt timeout plus a margin) and are then claimed again.
@@ -736,20 +822,50 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(alert_from_row).collect())
     }
 
-    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
+    /// Takes the alerts it returns: moving their `next_send_at` ahead by a lease keeps
+    /// the other processes' alert tasks from passing the same alert on at the same time.
+    async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+        // An alert waits for the older unsent alerts of its endpoint, so that a
+        // recovery is never announced before the outage it ends.
         let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id LIMIT $1"
+            "UPDATE alerts SET next_send_at = $2 WHERE id IN ( \
+               SELECT a.id FROM alerts a WHERE a.sent_at IS NULL \
+               AND (a.next_send_at IS NULL OR a.next_send_at <= $1) \
+               AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.endpoint_id = a.endpoint_id \
+                 AND o.sent_at IS NULL AND o.id < a.id) \
+               ORDER BY a.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {ALERT_COLUMNS}"
         );
-        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(alert_from_row).collect())
+        let rows = sqlx::query(&sql)
+            .bind(micros(now))
+            .bind(micros(now + crate::engine::chrono_duration(ALERT_LEASE)))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut alerts: Vec<Alert> = rows.iter().map(alert_from_row).collect();
+        alerts.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(alerts)
     }
 
     async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()> {
-        sqlx::query("UPDATE alerts SET sent_at = $1 WHERE id = $2")
+        sqlx::query("UPDATE alerts SET sent_at = $1, next_send_at = NULL WHERE id = $2")
             .bind(micros(at))
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE alerts SET send_attempts = send_attempts + 1, last_send_error = $1, \
+             next_send_at = $2 WHERE id = $3",
+        )
+        .bind(queue::without_nul(error))
+        .bind(micros(retry_at))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

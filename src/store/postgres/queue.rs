@@ -12,12 +12,15 @@
 //! - Recording an attempt takes the same endpoint lock first, before any delivery row,
 //!   so every transaction takes its locks in the order endpoint, then deliveries.
 
-use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::Row;
 
 use super::{delivery_from_row, endpoint_from_row, DELIVERY_COLUMNS, ENDPOINT_COLUMNS};
+use crate::clock::Timestamp;
 use crate::ids::new_id;
-use crate::model::{AfterAttempt, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering};
+use crate::model::{
+    AfterAttempt, AlertDetail, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering,
+};
 use crate::store::{
     describe_failure, from_micros, micros, Accepted, ClaimRequest, Claimed, StoreError, StoreResult,
 };
@@ -185,6 +188,17 @@ pub(super) async fn record_in(
         AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
         AfterAttempt::Failed => (DeliveryStatus::Failed, None),
     };
+    // Only the first and the latest reply bodies are kept: a receiver that answers every
+    // retry with the same large error page must not fill the disk with copies of it.
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = true \
+         WHERE delivery_seq = $1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = $1)",
+    )
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?;
+
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     let stored: Option<i64> = sqlx::query_scalar(
         "WITH d AS ( \
@@ -225,6 +239,23 @@ pub(super) fn without_nul(text: &str) -> String {
     text.replace('\0', "\\u0000")
 }
 
+/// What an alert says about the endpoint's last failure.
+pub(super) struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: without_nul(&describe_failure(attempt)),
+        }
+    }
+}
+
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
     conn: &mut PgConnection,
@@ -233,80 +264,159 @@ async fn track_outage(
     after: AfterAttempt,
 ) -> StoreResult<()> {
     let endpoint_id = &claimed.endpoint.id;
-    let at = micros(attempt.attempted_at);
+    let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
-        let alerted: Option<Option<i64>> = sqlx::query_scalar(
-            "DELETE FROM endpoint_outages WHERE endpoint_id = $1 RETURNING alerted_at",
+        let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "DELETE FROM endpoint_outages WHERE endpoint_id = $1 \
+             RETURNING failing_since, alerted_at",
         )
         .bind(endpoint_id)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(Some(_)) = alerted {
-            insert_alert(conn, AlertKind::EndpointRecovered, claimed, attempt).await?;
+        if let Some((failing_since, Some(_))) = closed {
+            let since = from_micros(failing_since);
+            insert_alert(
+                conn,
+                AlertKind::EndpointRecovered,
+                endpoint_id,
+                &last,
+                since,
+            )
+            .await?;
         }
         return Ok(());
     }
 
-    // One statement opens or updates the outage and, when the delivery has failed for
-    // good, marks the outage alerted; it says whether this call did the marking.
-    let failed = after == AfterAttempt::Failed;
-    let newly_alerted: bool = sqlx::query_scalar(
-        "WITH before AS (SELECT alerted_at FROM endpoint_outages WHERE endpoint_id = $1) \
-         INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error, alerted_at) \
-         VALUES ($1, $2, $3, CASE WHEN $4 THEN $2 END) \
-         ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error, \
-           alerted_at = coalesce(endpoint_outages.alerted_at, excluded.alerted_at) \
-         RETURNING $4 AND NOT EXISTS (SELECT 1 FROM before WHERE alerted_at IS NOT NULL)",
+    sqlx::query(
+        "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+         VALUES ($1, $2, $3) \
+         ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
     )
     .bind(endpoint_id)
-    .bind(at)
-    .bind(without_nul(&describe_failure(attempt)))
-    .bind(failed)
-    .fetch_one(&mut *conn)
+    .bind(micros(last.at))
+    .bind(&last.error)
+    .execute(&mut *conn)
     .await?;
-    if newly_alerted {
-        insert_alert(conn, AlertKind::EndpointFailing, claimed, attempt).await?;
+    if after == AfterAttempt::Failed {
+        raise_failing(conn, endpoint_id, &last).await?;
     }
     Ok(())
 }
 
+/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
+async fn raise_failing(
+    conn: &mut PgConnection,
+    endpoint_id: &str,
+    last: &LastFailure,
+) -> StoreResult<()> {
+    let newly_alerted: Option<i64> = sqlx::query_scalar(
+        "UPDATE endpoint_outages SET alerted_at = $1 \
+         WHERE endpoint_id = $2 AND alerted_at IS NULL RETURNING failing_since",
+    )
+    .bind(micros(last.at))
+    .bind(endpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(failing_since) = newly_alerted {
+        let since = from_micros(failing_since);
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
+    }
+    Ok(())
+}
+
+/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
+/// `last` is the successful attempt, so it has a status and no error.
 async fn insert_alert(
     conn: &mut PgConnection,
     kind: AlertKind,
-    claimed: &Claimed,
-    attempt: &Attempt,
+    endpoint_id: &str,
+    last: &LastFailure,
+    failing_since: Timestamp,
 ) -> StoreResult<()> {
-    let endpoint = &claimed.endpoint;
-    let counts: PgRow = sqlx::query(
-        "SELECT count(*) FILTER (WHERE status = 'failed') AS failed, \
-         count(*) FILTER (WHERE status = 'pending') AS pending, \
-         (SELECT failing_since FROM endpoint_outages WHERE endpoint_id = $1) AS failing_since \
-         FROM deliveries WHERE endpoint_id = $1",
+    let facts: PgRow = sqlx::query(
+        "SELECT e.name, e.url, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
+           AS failed, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
+           AS pending \
+         FROM endpoints e WHERE e.id = $1",
     )
-    .bind(&endpoint.id)
+    .bind(endpoint_id)
     .fetch_one(&mut *conn)
     .await?;
-    let failing_since: Option<i64> = counts.get("failing_since");
-    let detail = serde_json::json!({
-        "endpoint_name": endpoint.name,
-        "endpoint_url": endpoint.url,
-        "failing_since": failing_since.map(from_micros),
-        "failed_deliveries": counts.get::<i64, _>("failed"),
-        "pending_deliveries": counts.get::<i64, _>("pending"),
-        "last_status": attempt.status_code,
-        "last_error": describe_failure(attempt),
-        "at": attempt.attempted_at,
-    });
+    let detail = AlertDetail {
+        endpoint_name: facts.get("name"),
+        endpoint_url: facts.get("url"),
+        failing_since: Some(failing_since),
+        failed_deliveries: facts.get("failed"),
+        pending_deliveries: facts.get("pending"),
+        last_status: last.status,
+        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
+        at: last.at,
+    };
+    let detail = serde_json::to_string(&detail).expect("alert detail serializes");
     sqlx::query(
         "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) \
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(new_id("alr"))
     .bind(kind.as_str())
-    .bind(&endpoint.id)
-    .bind(micros(attempt.attempted_at))
-    .bind(detail.to_string())
+    .bind(endpoint_id)
+    .bind(micros(last.at))
+    .bind(without_nul(&detail))
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Fails every pending, unclaimed delivery whose retry window ended while it waited,
+/// and raises each endpoint's failing alert as an attempt would. The endpoints are
+/// locked first, in id order, like every claim, so this never deadlocks with a batch.
+pub(super) async fn expire_overdue(
+    pool: &PgPool,
+    cutoff: Timestamp,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT e.id FROM endpoints e WHERE EXISTS (SELECT 1 FROM deliveries d \
+           WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.first_attempt_at < $1 \
+           AND (d.lease_until IS NULL OR d.lease_until <= $2)) \
+         ORDER BY e.id FOR NO KEY UPDATE OF e",
+    )
+    .bind(micros(cutoff))
+    .bind(micros(now))
+    .fetch_all(&mut *tx)
+    .await?;
+    let expired = sqlx::query(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
+         WHERE status = 'pending' AND first_attempt_at < $1 \
+         AND (lease_until IS NULL OR lease_until <= $2) AND endpoint_id = ANY($3)",
+    )
+    .bind(micros(cutoff))
+    .bind(micros(now))
+    .bind(&endpoints)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    for endpoint_id in &endpoints {
+        let last_error: Option<String> = sqlx::query_scalar(
+            "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+             VALUES ($1, $2, 'retry window ended') \
+             ON CONFLICT (endpoint_id) DO UPDATE SET last_error = endpoint_outages.last_error \
+             RETURNING last_error",
+        )
+        .bind(endpoint_id)
+        .bind(micros(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let last = LastFailure {
+            at: now,
+            status: None,
+            error: last_error.unwrap_or_else(|| "retry window ended".to_string()),
+        };
+        raise_failing(&mut tx, endpoint_id, &last).await?;
+    }
+    tx.commit().await?;
+    Ok(expired)
 }

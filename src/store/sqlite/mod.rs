@@ -15,11 +15,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection};
 
+mod users;
+
 use super::batch::{BatchWrites, WriterQueue};
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
-use crate::model::{AlertKind, Ordering};
+use crate::model::{AlertDetail, AlertKind, Ordering};
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -181,7 +183,8 @@ fn delivery_from_row(row: &SqliteRow) -> Delivery {
     }
 }
 
-const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at";
+const ALERT_COLUMNS: &str = "id, kind, endpoint_id, created_at, detail, sent_at, \
+    send_attempts, last_send_error, next_send_at";
 
 fn alert_from_row(row: &SqliteRow) -> Alert {
     Alert {
@@ -191,6 +194,9 @@ fn alert_from_row(row: &SqliteRow) -> Alert {
         created_at: from_micros(row.get("created_at")),
         detail: row.get("detail"),
         sent_at: opt_time(row, "sent_at"),
+        send_attempts: row.get("send_attempts"),
+        last_send_error: row.get("last_send_error"),
+        next_send_at: opt_time(row, "next_send_at"),
     }
 }
 
@@ -202,6 +208,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRecord {
         response_headers: row.get("response_headers"),
         response_body: row.get("response_body"),
         response_truncated: row.get("response_truncated"),
+        response_body_dropped: row.get("response_body_dropped"),
         error_kind: row.get("error_kind"),
         error: row.get("error"),
     }
@@ -302,6 +309,23 @@ async fn replay_idempotent(
     }))
 }
 
+/// What an alert says about the endpoint's last failure.
+struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: describe_failure(attempt),
+        }
+    }
+}
+
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
     conn: &mut SqliteConnection,
@@ -310,84 +334,104 @@ async fn track_outage(
     after: AfterAttempt,
 ) -> StoreResult<()> {
     let endpoint_id = &claimed.endpoint.id;
-    let at = micros(attempt.attempted_at);
+    let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
-        let alerted: Option<Option<i64>> = sqlx::query_scalar(
-            "DELETE FROM endpoint_outages WHERE endpoint_id = ? RETURNING alerted_at",
+        let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "DELETE FROM endpoint_outages WHERE endpoint_id = ? \
+             RETURNING failing_since, alerted_at",
         )
         .bind(endpoint_id)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(Some(_)) = alerted {
-            insert_alert(conn, AlertKind::EndpointRecovered, claimed, attempt).await?;
+        if let Some((failing_since, Some(_))) = closed {
+            let since = from_micros(failing_since);
+            insert_alert(
+                conn,
+                AlertKind::EndpointRecovered,
+                endpoint_id,
+                &last,
+                since,
+            )
+            .await?;
         }
         return Ok(());
     }
 
-    let last_error = describe_failure(attempt);
     sqlx::query(
         "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) VALUES (?, ?, ?) \
          ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
     )
     .bind(endpoint_id)
-    .bind(at)
-    .bind(&last_error)
+    .bind(micros(last.at))
+    .bind(&last.error)
     .execute(&mut *conn)
     .await?;
-    if after != AfterAttempt::Failed {
-        return Ok(());
-    }
-    let newly_alerted = sqlx::query(
-        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL",
-    )
-    .bind(at)
-    .bind(endpoint_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if newly_alerted == 1 {
-        insert_alert(conn, AlertKind::EndpointFailing, claimed, attempt).await?;
+    if after == AfterAttempt::Failed {
+        raise_failing(conn, endpoint_id, &last).await?;
     }
     Ok(())
 }
 
+/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
+async fn raise_failing(
+    conn: &mut SqliteConnection,
+    endpoint_id: &str,
+    last: &LastFailure,
+) -> StoreResult<()> {
+    let newly_alerted: Option<i64> = sqlx::query_scalar(
+        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL \
+         RETURNING failing_since",
+    )
+    .bind(micros(last.at))
+    .bind(endpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(failing_since) = newly_alerted {
+        let since = from_micros(failing_since);
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
+    }
+    Ok(())
+}
+
+/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
+/// `last` is the successful attempt, so it has a status and no error.
 async fn insert_alert(
     conn: &mut SqliteConnection,
     kind: AlertKind,
-    claimed: &Claimed,
-    attempt: &Attempt,
+    endpoint_id: &str,
+    last: &LastFailure,
+    failing_since: Timestamp,
 ) -> StoreResult<()> {
-    let endpoint = &claimed.endpoint;
-    let counts = sqlx::query(
-        "SELECT sum(status = 'failed') AS failed, sum(status = 'pending') AS pending \
-         FROM deliveries WHERE endpoint_id = ?",
+    let facts = sqlx::query(
+        "SELECT e.name, e.url, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
+           AS failed, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
+           AS pending \
+         FROM endpoints e WHERE e.id = ?",
     )
-    .bind(&endpoint.id)
+    .bind(endpoint_id)
     .fetch_one(&mut *conn)
     .await?;
-    let failing_since: Option<i64> =
-        sqlx::query_scalar("SELECT failing_since FROM endpoint_outages WHERE endpoint_id = ?")
-            .bind(&endpoint.id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let detail = serde_json::json!({
-        "endpoint_name": endpoint.name,
-        "endpoint_url": endpoint.url,
-        "failing_since": failing_since.map(from_micros),
-        "failed_deliveries": counts.get::<Option<i64>, _>("failed").unwrap_or(0),
-        "pending_deliveries": counts.get::<Option<i64>, _>("pending").unwrap_or(0),
-        "last_status": attempt.status_code,
-        "last_error": describe_failure(attempt),
-        "at": attempt.attempted_at,
-    });
+    let detail = AlertDetail {
+        endpoint_name: facts.get("name"),
+        endpoint_url: facts.get("url"),
+        failing_since: Some(failing_since),
+        failed_deliveries: facts.get("failed"),
+        pending_deliveries: facts.get("pending"),
+        last_status: last.status,
+        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
+        at: last.at,
+    };
+    let detail = serde_json::to_string(&detail).expect("alert detail serializes");
     sqlx::query(
         "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(new_id("alr"))
     .bind(kind.as_str())
-    .bind(&endpoint.id)
-    .bind(micros(attempt.attempted_at))
-    .bind(detail.to_string())
+    .bind(endpoint_id)
+    .bind(micros(last.at))
+    .bind(detail)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -504,6 +548,17 @@ async fn record_in(
         return Ok(false);
     }
 
+    // Only the first and the latest reply bodies are kept: a receiver that answers every
+    // retry with the same large error page must not fill the disk with copies of it.
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
+    )
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?;
+
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     sqlx::query(
         "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
@@ -572,10 +627,11 @@ impl Store for SqliteStore {
         }
         let user_id = new_id("usr");
         sqlx::query(
-            "INSERT INTO users (id, email, name, role, created_at) \
-             VALUES (?, NULL, 'Initial admin', 'super_admin', ?)",
+            "INSERT INTO users (id, email, name, role, created_at, updated_at) \
+             VALUES (?, NULL, 'Initial admin', 'super_admin', ?, ?)",
         )
         .bind(&user_id)
+        .bind(micros(now))
         .bind(micros(now))
         .execute(&mut *tx)
         .await?;
@@ -594,18 +650,65 @@ impl Store for SqliteStore {
     }
 
     async fn principal_for_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
-        let row = sqlx::query(
-            "SELECT t.id AS token_id, u.id AS user_id, u.role FROM tokens t \
-             JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(row.map(|row| Principal {
-            user_id: row.get("user_id"),
-            token_id: row.get("token_id"),
-            super_admin: row.get::<String, _>("role") == "super_admin",
-        }))
+        users::principal_for_token(&self.reader, token_hash).await
+    }
+
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        users::create_user(&self.writer, user).await
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<User> {
+        users::get_user(&self.reader, id).await
+    }
+
+    async fn list_users(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<User>> {
+        users::list_users(&self.reader, cursor, limit).await
+    }
+
+    async fn sign_in_record(&self, email: &str) -> StoreResult<Option<(User, Option<String>)>> {
+        users::sign_in_record(&self.reader, email).await
+    }
+
+    async fn update_user(
+        &self,
+        id: &str,
+        changes: &UserChanges,
+        now: Timestamp,
+    ) -> StoreResult<User> {
+        users::update_user(&self.writer, id, changes, now).await
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<()> {
+        users::delete_user(&self.writer, id).await
+    }
+
+    async fn super_admin_emails(&self) -> StoreResult<Vec<String>> {
+        users::super_admin_emails(&self.reader).await
+    }
+
+    async fn create_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        users::create_token(&self.writer, token).await
+    }
+
+    async fn list_tokens(
+        &self,
+        user_id: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Page<ApiToken>> {
+        users::list_tokens(&self.reader, user_id, cursor, limit).await
+    }
+
+    async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()> {
+        users::delete_token(&self.writer, id, owner).await
+    }
+
+    async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64> {
+        users::delete_sign_in_tokens(&self.writer, user_id, keep).await
+    }
+
+    async fn touch_token(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+        users::touch_token(&self.writer, id, now).await
     }
 
     async fn list_event_types(&self) -> StoreResult<Vec<EventType>> {
@@ -870,7 +973,7 @@ impl Store for SqliteStore {
         };
         let attempts = sqlx::query(
             "SELECT attempted_at, duration_ms, status_code, response_headers, response_body, \
-             response_truncated, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
+             response_truncated, response_body_dropped, error_kind, error FROM attempts WHERE delivery_seq = ? ORDER BY id",
         )
         .bind(row.get::<i64, _>("seq"))
         .fetch_all(&self.reader)
@@ -972,6 +1075,75 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let endpoints: Vec<String> = sqlx::query_scalar(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
+             WHERE status = 'pending' AND first_attempt_at < ? \
+             AND (lease_until IS NULL OR lease_until <= ?) RETURNING endpoint_id",
+        )
+        .bind(micros(cutoff))
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = endpoints.len() as u64;
+        let mut endpoints = endpoints;
+        endpoints.sort();
+        endpoints.dedup();
+        for endpoint_id in endpoints {
+            let last_error: Option<String> =
+                sqlx::query_scalar("SELECT last_error FROM endpoint_outages WHERE endpoint_id = ?")
+                    .bind(&endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+            let error = last_error.unwrap_or_else(|| "retry window ended".to_string());
+            let last = LastFailure {
+                at: now,
+                status: None,
+                error,
+            };
+            sqlx::query(
+                "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+                 VALUES (?, ?, ?) ON CONFLICT (endpoint_id) DO NOTHING",
+            )
+            .bind(&endpoint_id)
+            .bind(micros(now))
+            .bind(&last.error)
+            .execute(&mut *tx)
+            .await?;
+            raise_failing(&mut tx, &endpoint_id, &last).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT v.id FROM events v WHERE v.created_at < ? AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.event_id = v.id AND d.status = 'pending') \
+             ORDER BY v.created_at LIMIT ?",
+        )
+        .bind(micros(before))
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = serde_json::to_string(&events).expect("strings serialize");
+        for sql in [
+            "DELETE FROM deliveries WHERE event_id IN (SELECT value FROM json_each(?))",
+            "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))",
+        ] {
+            sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM alerts WHERE created_at < ? AND sent_at IS NOT NULL")
+            .bind(micros(before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events.len() as u64)
+    }
+
     /// Every lease: the data directory's lock file proves that no other process is
     /// using this database, so a lease can only be left by a process that died.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
@@ -992,10 +1164,18 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(alert_from_row).collect())
     }
 
-    async fn unsent_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
-        let sql =
-            format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE sent_at IS NULL ORDER BY id LIMIT ?");
+    async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+        // An alert waits for the older unsent alerts of its endpoint, so that a
+        // recovery is never announced before the outage it ends.
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE sent_at IS NULL \
+             AND (next_send_at IS NULL OR next_send_at <= ?) \
+             AND NOT EXISTS (SELECT 1 FROM alerts o WHERE o.endpoint_id = a.endpoint_id \
+               AND o.sent_at IS NULL AND o.id < a.id) \
+             ORDER BY id LIMIT ?"
+        );
         let rows = sqlx::query(&sql)
+            .bind(micros(now))
             .bind(limit)
             .fetch_all(&self.writer)
             .await?;
@@ -1008,6 +1188,19 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&self.writer)
             .await?;
+        Ok(())
+    }
+
+    async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE alerts SET send_attempts = send_attempts + 1, last_send_error = ?, \
+             next_send_at = ? WHERE id = ?",
+        )
+        .bind(error)
+        .bind(micros(retry_at))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 }
