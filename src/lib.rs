@@ -10,6 +10,7 @@
 //! - [`store`]: the database, the only place state lives;
 //! - [`auth`]: API tokens, password hashes and signing in;
 //! - [`alerts`] and [`mail`]: telling super admins about failing endpoints by e-mail;
+//! - [`console`]: the web console at `/`, which acts only through the API's functions;
 //! - [`cli`]: the `herald` command line, including the local `listen` receiver;
 //! - [`settings`]: flags, environment and the settings file, merged once at start.
 //!
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod engine;
 pub mod ids;
 pub mod mail;

@@ -385,3 +385,16 @@ impl Principal {
         self.role == Role::SuperAdmin
     }
 }
+
+/// A signed-in console user's session, as stored. The cookie carries a random id; the
+/// store keeps only its hash.
+#[derive(Clone, Debug)]
+pub struct ConsoleSession {
+    pub id_hash: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// Sent back in every console form and compared before any change is made.
+    pub csrf_token: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}

@@ -100,7 +100,9 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
     let shutdown = cancel.clone();
     tasks.push(tokio::spawn(async move {
         // The peer address is what the sign-in throttle counts per client.
-        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::console::router(state.clone())
+            .merge(api::router(state))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(err) = serve.await {
             warn!(cause = %err, "HTTP server stopped");

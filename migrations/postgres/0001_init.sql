@@ -1,4 +1,4 @@
--- Herald's schema on PostgreSQL. It mirrors migrations/sqlite/ (0001 to 0003, folded
+-- Herald's schema on PostgreSQL. It mirrors migrations/sqlite/ (0001 to 0004, folded
 -- into one here, since no PostgreSQL database predates them) so that both stores read
 -- alike: times are microseconds since the Unix epoch (UTC) in a BIGINT.
 
@@ -150,3 +150,16 @@ CREATE TABLE alerts (
 );
 
 CREATE INDEX alerts_unsent ON alerts (created_at) WHERE sent_at IS NULL;
+
+-- Console sessions. The cookie holds a random id; only its SHA-256 hash is stored, so
+-- a copy of the database does not let anyone act as a signed-in user. Each session has
+-- its own CSRF token, sent back in every console form.
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+
+CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);

@@ -9,15 +9,17 @@ use serde_json::value::RawValue;
 use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::model::{AttemptRecord, Delivery, DeliveryStatus};
-use crate::store::{DeliveryFilter, StoreError};
+use crate::store::{DeliveryFilter, Page, StoreError};
 
-#[derive(Deserialize)]
+/// The Event History's query: the API's `?status=&event=&limit=&cursor=`, and the
+/// console's filter form.
+#[derive(Deserialize, Default)]
 pub struct DeliveryQuery {
     #[serde(flatten)]
-    page: PageQuery,
-    status: Option<String>,
-    event: Option<String>,
-    endpoint: Option<String>,
+    pub page: PageQuery,
+    pub status: Option<String>,
+    pub event: Option<String>,
+    pub endpoint: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -90,7 +92,7 @@ impl From<AttemptRecord> for AttemptOut {
 }
 
 /// Stored headers are a list of pairs; repeated names are joined with ", ".
-fn headers_object(stored: &str) -> serde_json::Map<String, serde_json::Value> {
+pub fn headers_object(stored: &str) -> serde_json::Map<String, serde_json::Value> {
     let pairs: Vec<(String, String)> = serde_json::from_str(stored).unwrap_or_default();
     let mut object = serde_json::Map::new();
     for (name, value) in pairs {
@@ -103,7 +105,7 @@ fn headers_object(stored: &str) -> serde_json::Map<String, serde_json::Value> {
     object
 }
 
-fn filter_from(
+pub fn filter_from(
     query: &DeliveryQuery,
     endpoint_id: Option<String>,
 ) -> Result<DeliveryFilter, ApiError> {
@@ -139,20 +141,34 @@ fn filter_from(
     })
 }
 
-async fn list(
-    state: &AppState,
-    filter: DeliveryFilter,
-) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
-    let page = state.store.list_deliveries(&filter).await?;
+fn list_out(page: Page<Delivery>) -> ListOut<DeliveryOut> {
     let data = page
         .items
         .into_iter()
         .map(|d| DeliveryOut::new(d, None))
         .collect();
-    Ok(Json(ListOut {
+    ListOut {
         data,
         next_cursor: page.next_cursor,
-    }))
+    }
+}
+
+/// One page of an endpoint's Event History, newest first.
+pub async fn history(
+    state: &AppState,
+    endpoint_id: &str,
+    query: &DeliveryQuery,
+) -> Result<Page<Delivery>, ApiError> {
+    state
+        .store
+        .get_endpoint(endpoint_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("endpoint", endpoint_id),
+            other => other.into(),
+        })?;
+    let filter = filter_from(query, Some(endpoint_id.to_string()))?;
+    Ok(state.store.list_deliveries(&filter).await?)
 }
 
 pub async fn list_endpoint_deliveries(
@@ -160,12 +176,8 @@ pub async fn list_endpoint_deliveries(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
-    state.store.get_endpoint(&id).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("endpoint", &id),
-        other => other.into(),
-    })?;
-    let filter = filter_from(&query, Some(id))?;
-    list(&state, filter).await
+    let page = history(&state, &id, &query).await?;
+    Ok(Json(list_out(page)))
 }
 
 pub async fn list_deliveries(
@@ -173,7 +185,8 @@ pub async fn list_deliveries(
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
     let filter = filter_from(&query, query.endpoint.clone())?;
-    list(&state, filter).await
+    let page = state.store.list_deliveries(&filter).await?;
+    Ok(Json(list_out(page)))
 }
 
 fn delivery_not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
@@ -188,15 +201,54 @@ fn delivery_not_found(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
+/// One delivery with its attempts, oldest first.
+pub async fn get(state: &AppState, id: &str) -> Result<(Delivery, Vec<AttemptRecord>), ApiError> {
+    state
+        .store
+        .get_delivery(id)
+        .await
+        .map_err(delivery_not_found(id))
+}
+
+/// Puts a delivery back to pending, due now, and wakes the engine.
+pub async fn resend(state: &AppState, id: &str) -> Result<Delivery, ApiError> {
+    let delivery = state
+        .store
+        .resend_delivery(id, state.clock.now())
+        .await
+        .map_err(delivery_not_found(id))?;
+    state.engine.wake();
+    Ok(delivery)
+}
+
+/// Resends every failed delivery of the endpoint created at or after `since`, an RFC
+/// 3339 time. Returns how many were resent.
+pub async fn recover(state: &AppState, endpoint_id: &str, since: &str) -> Result<i64, ApiError> {
+    let since = chrono::DateTime::parse_from_rfc3339(since)
+        .map_err(|_| {
+            ApiError::unprocessable(
+                "invalid_field",
+                format!("since '{since}' is not an RFC 3339 time like 2026-01-02T03:04:05Z"),
+            )
+        })?
+        .with_timezone(&chrono::Utc);
+    let resent = state
+        .store
+        .resend_failed_since(endpoint_id, since, state.clock.now())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("endpoint", endpoint_id),
+            other => other.into(),
+        })?;
+    state.engine.wake();
+    Ok(resent)
+}
+
 pub async fn get_delivery(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryOut>, ApiError> {
-    let (delivery, attempts) = state
-        .store
-        .get_delivery(&id)
-        .await
-        .map_err(delivery_not_found(&id))?;
+    let (delivery, attempts) = get(&state, &id).await?;
     Ok(Json(DeliveryOut::new(delivery, Some(attempts))))
 }
 
@@ -204,12 +256,7 @@ pub async fn resend_delivery(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
-    let delivery = state
-        .store
-        .resend_delivery(&id, state.clock.now())
-        .await
-        .map_err(delivery_not_found(&id))?;
-    state.engine.wake();
+    let delivery = resend(&state, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryOut::new(delivery, None))))
 }
 
@@ -224,26 +271,7 @@ pub async fn recover_endpoint(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<RecoverIn>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let since = chrono::DateTime::parse_from_rfc3339(&input.since)
-        .map_err(|_| {
-            ApiError::unprocessable(
-                "invalid_field",
-                format!(
-                    "since '{}' is not an RFC 3339 time like 2026-01-02T03:04:05Z",
-                    input.since
-                ),
-            )
-        })?
-        .with_timezone(&chrono::Utc);
-    let resent = state
-        .store
-        .resend_failed_since(&id, since, state.clock.now())
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("endpoint", &id),
-            other => other.into(),
-        })?;
-    state.engine.wake();
+    let resent = recover(&state, &id, &input.since).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "resent": resent })),

@@ -15,17 +15,84 @@ use crate::model::{Endpoint, EndpointFields, Ordering};
 use crate::signing;
 use crate::store::StoreError;
 
-/// A create or update request; on update every field is optional.
-#[derive(Deserialize)]
+/// A create or update request; on update every field is optional. The console builds
+/// one from its form, so both go through the same checks.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointIn {
-    name: Option<String>,
-    url: Option<String>,
-    enabled: Option<bool>,
-    events: Option<Vec<String>>,
-    ordering: Option<String>,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub enabled: Option<bool>,
+    pub events: Option<Vec<String>>,
+    pub ordering: Option<String>,
     /// Whether to send the HEAD check to a new URL (default true).
-    verify: Option<bool>,
+    pub verify: Option<bool>,
+}
+
+/// Which request field an error is about, so the console can show it beside that field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Name,
+    Url,
+    Events,
+    Ordering,
+}
+
+/// Every field error of one request, in field order. The API answers with the first;
+/// the console shows each beside its field.
+#[derive(Debug, Default)]
+pub struct FieldErrors(pub Vec<(Field, ApiError)>);
+
+impl FieldErrors {
+    fn check<T>(&mut self, field: Field, result: Result<T, ApiError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.0.push((field, err));
+                None
+            }
+        }
+    }
+
+    pub fn first(mut self) -> ApiError {
+        self.0.remove(0).1
+    }
+}
+
+/// Why a create or update was refused.
+#[derive(Debug)]
+pub enum EndpointRefused {
+    /// One or more fields are not valid; nothing was checked over the network.
+    Fields(FieldErrors),
+    /// The fields are valid but the receiver failed the HEAD check: what it answered.
+    UrlCheck(String),
+    /// Anything else: an unknown endpoint, a store failure.
+    Other(ApiError),
+}
+
+impl From<EndpointRefused> for ApiError {
+    fn from(refused: EndpointRefused) -> ApiError {
+        match refused {
+            EndpointRefused::Fields(errors) => errors.first(),
+            EndpointRefused::UrlCheck(answer) => ApiError::unprocessable(
+                "url_check_failed",
+                format!("{answer}; the receiver must answer HEAD with a status below 400 (send \"verify\": false to skip this check)"),
+            ),
+            EndpointRefused::Other(err) => err,
+        }
+    }
+}
+
+impl From<ApiError> for EndpointRefused {
+    fn from(err: ApiError) -> EndpointRefused {
+        EndpointRefused::Other(err)
+    }
+}
+
+impl From<StoreError> for EndpointRefused {
+    fn from(err: StoreError) -> EndpointRefused {
+        EndpointRefused::Other(err.into())
+    }
 }
 
 #[derive(Serialize)]
@@ -66,12 +133,12 @@ pub struct SecretOut {
 
 #[derive(Serialize)]
 pub struct TestOut {
-    success: bool,
-    status_code: Option<u16>,
-    response_body: Option<String>,
-    error: Option<String>,
-    duration_ms: i64,
-    delivery_id: String,
+    pub success: bool,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub delivery_id: String,
 }
 
 const MAX_NAME: usize = 200;
@@ -140,45 +207,173 @@ async fn check_events(state: &AppState, events: Vec<String>) -> Result<Vec<Strin
     Ok(events)
 }
 
-async fn verify_url(state: &AppState, url: &str) -> Result<(), ApiError> {
-    state.engine.check_url(url).await.map_err(|answer| {
-        ApiError::unprocessable(
-            "url_check_failed",
-            format!("{answer}; the receiver must answer HEAD with a status below 400 (send \"verify\": false to skip this check)"),
+pub(super) fn missing(field: &str) -> ApiError {
+    ApiError::unprocessable("missing_field", format!("field '{field}' is required"))
+}
+
+impl EndpointIn {
+    /// Checks every field and merges it with `current` (the stored endpoint, on update).
+    /// On create, `name` and `url` are required. Makes no network call.
+    pub async fn check(
+        &self,
+        state: &AppState,
+        current: Option<&Endpoint>,
+    ) -> Result<EndpointFields, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let name = match (&self.name, current) {
+            (Some(name), _) => errors.check(Field::Name, check_name(name)),
+            (None, Some(current)) => Some(current.name.clone()),
+            (None, None) => errors.check(Field::Name, Err(missing("name"))),
+        };
+        let url = match (&self.url, current) {
+            (Some(url), _) => errors.check(Field::Url, check_url(state, url)),
+            (None, Some(current)) => Some(current.url.clone()),
+            (None, None) => errors.check(Field::Url, Err(missing("url"))),
+        };
+        let events = match (&self.events, current) {
+            (Some(events), _) => {
+                errors.check(Field::Events, check_events(state, events.clone()).await)
+            }
+            (None, Some(current)) => Some(current.events.clone()),
+            (None, None) => Some(Vec::new()),
+        };
+        let ordering = current.map_or(Ordering::Accepted, |c| c.ordering);
+        let ordering = errors.check(
+            Field::Ordering,
+            check_ordering(self.ordering.as_deref(), ordering),
+        );
+
+        match (name, url, events, ordering) {
+            (Some(name), Some(url), Some(events), Some(ordering)) if errors.0.is_empty() => {
+                Ok(EndpointFields {
+                    name,
+                    url,
+                    enabled: self.enabled.unwrap_or(current.is_none_or(|c| c.enabled)),
+                    events,
+                    ordering,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    fn verify(&self) -> bool {
+        self.verify.unwrap_or(true)
+    }
+}
+
+/// The HEAD check: the receiver must answer `HEAD` with a status below 400.
+async fn verify_url(state: &AppState, url: &str) -> Result<(), EndpointRefused> {
+    state
+        .engine
+        .check_url(url)
+        .await
+        .map_err(EndpointRefused::UrlCheck)
+}
+
+/// Creates an endpoint: checks the fields, runs the HEAD check unless `verify` is
+/// false, and stores it with a new signing secret.
+pub async fn create(state: &AppState, input: &EndpointIn) -> Result<Endpoint, EndpointRefused> {
+    let fields = input
+        .check(state, None)
+        .await
+        .map_err(EndpointRefused::Fields)?;
+    if input.verify() {
+        verify_url(state, &fields.url).await?;
+    }
+
+    let secret = state.engine.secrets().seal(&signing::new_secret());
+    let endpoint = state
+        .store
+        .create_endpoint(&fields, &secret, state.clock.now())
+        .await?;
+    Ok(endpoint)
+}
+
+/// Changes the fields present in `input`; the HEAD check runs only for a new URL.
+pub async fn update(
+    state: &AppState,
+    id: &str,
+    input: &EndpointIn,
+) -> Result<Endpoint, EndpointRefused> {
+    let current = state.store.get_endpoint(id).await.map_err(not_found(id))?;
+    let fields = input
+        .check(state, Some(&current))
+        .await
+        .map_err(EndpointRefused::Fields)?;
+    if fields.url != current.url && input.verify() {
+        verify_url(state, &fields.url).await?;
+    }
+
+    let endpoint = state
+        .store
+        .update_endpoint(id, &fields, state.clock.now())
+        .await
+        .map_err(not_found(id))?;
+    if endpoint.enabled {
+        state.engine.wake();
+    }
+    Ok(endpoint)
+}
+
+pub async fn get(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
+    state.store.get_endpoint(id).await.map_err(not_found(id))
+}
+
+pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state.store.delete_endpoint(id).await.map_err(not_found(id))
+}
+
+/// Sends a test webhook to the endpoint now and reports the attempt.
+pub async fn send_test(state: &AppState, id: &str) -> Result<TestOut, ApiError> {
+    let (delivery, attempt) = state.engine.send_test(id).await.map_err(not_found(id))?;
+    Ok(TestOut {
+        success: attempt.succeeded(),
+        status_code: attempt.status_code,
+        response_body: attempt.response_body,
+        error: attempt.error,
+        duration_ms: attempt.duration_ms,
+        delivery_id: delivery.id,
+    })
+}
+
+/// The secret that signs the endpoint's webhooks now.
+pub async fn secret(state: &AppState, id: &str) -> Result<String, ApiError> {
+    let endpoint = get(state, id).await?;
+    open_secret(state, &endpoint.secret)
+}
+
+fn open_secret(state: &AppState, sealed: &str) -> Result<String, ApiError> {
+    state.engine.secrets().open(sealed).map_err(|err| {
+        tracing::error!(cause = %err, "cannot open an endpoint secret");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
         )
     })
+}
+
+/// Makes a new secret; the previous one keeps signing for the grace period.
+pub async fn rotate(state: &AppState, id: &str) -> Result<String, ApiError> {
+    let now = state.clock.now();
+    let old_until = now + chrono_duration(state.settings.delivery.secret_grace);
+    let secret = signing::new_secret();
+    let sealed = state.engine.secrets().seal(&secret);
+    state
+        .store
+        .rotate_secret(id, &sealed, old_until, now)
+        .await
+        .map_err(not_found(id))?;
+    Ok(secret)
 }
 
 pub async fn create_endpoint(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<EndpointIn>,
 ) -> Result<(StatusCode, Json<EndpointOut>), ApiError> {
-    let name = input.name.as_deref().ok_or_else(|| missing("name"))?;
-    let url = input.url.as_deref().ok_or_else(|| missing("url"))?;
-    let fields = EndpointFields {
-        name: check_name(name)?,
-        url: check_url(&state, url)?,
-        enabled: input.enabled.unwrap_or(true),
-        events: check_events(&state, input.events.unwrap_or_default()).await?,
-        ordering: check_ordering(input.ordering.as_deref(), Ordering::Accepted)?,
-    };
-    if input.verify.unwrap_or(true) {
-        verify_url(&state, &fields.url).await?;
-    }
-
-    let endpoint = state
-        .store
-        .create_endpoint(
-            &fields,
-            &state.engine.secrets().seal(&signing::new_secret()),
-            state.clock.now(),
-        )
-        .await?;
+    let endpoint = create(&state, &input).await?;
     Ok((StatusCode::CREATED, Json(endpoint.into())))
-}
-
-pub(super) fn missing(field: &str) -> ApiError {
-    ApiError::unprocessable("missing_field", format!("field '{field}' is required"))
 }
 
 pub async fn list_endpoints(
@@ -199,12 +394,7 @@ pub async fn get_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let endpoint = state
-        .store
-        .get_endpoint(&id)
-        .await
-        .map_err(not_found(&id))?;
-    Ok(Json(endpoint.into()))
+    Ok(Json(get(&state, &id).await?.into()))
 }
 
 pub async fn update_endpoint(
@@ -212,42 +402,7 @@ pub async fn update_endpoint(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<EndpointIn>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let current = state
-        .store
-        .get_endpoint(&id)
-        .await
-        .map_err(not_found(&id))?;
-    let url = match &input.url {
-        Some(url) => check_url(&state, url)?,
-        None => current.url.clone(),
-    };
-    let fields = EndpointFields {
-        name: input
-            .name
-            .as_deref()
-            .map(check_name)
-            .transpose()?
-            .unwrap_or(current.name),
-        enabled: input.enabled.unwrap_or(current.enabled),
-        events: match input.events {
-            Some(events) => check_events(&state, events).await?,
-            None => current.events,
-        },
-        ordering: check_ordering(input.ordering.as_deref(), current.ordering)?,
-        url,
-    };
-    if fields.url != current.url && input.verify.unwrap_or(true) {
-        verify_url(&state, &fields.url).await?;
-    }
-
-    let endpoint = state
-        .store
-        .update_endpoint(&id, &fields, state.clock.now())
-        .await
-        .map_err(not_found(&id))?;
-    if endpoint.enabled {
-        state.engine.wake();
-    }
+    let endpoint = update(&state, &id, &input).await?;
     Ok(Json(endpoint.into()))
 }
 
@@ -255,11 +410,7 @@ pub async fn delete_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .delete_endpoint(&id)
-        .await
-        .map_err(not_found(&id))?;
+    delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -267,54 +418,21 @@ pub async fn test_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TestOut>, ApiError> {
-    let (delivery, attempt) = state.engine.send_test(&id).await.map_err(not_found(&id))?;
-    Ok(Json(TestOut {
-        success: attempt.succeeded(),
-        status_code: attempt.status_code,
-        response_body: attempt.response_body,
-        error: attempt.error,
-        duration_ms: attempt.duration_ms,
-        delivery_id: delivery.id,
-    }))
+    Ok(Json(send_test(&state, &id).await?))
 }
 
 pub async fn get_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SecretOut>, ApiError> {
-    let endpoint = state
-        .store
-        .get_endpoint(&id)
-        .await
-        .map_err(not_found(&id))?;
-    Ok(Json(SecretOut {
-        key: open_secret(&state, &endpoint.secret)?,
-    }))
-}
-
-fn open_secret(state: &AppState, sealed: &str) -> Result<String, ApiError> {
-    state.engine.secrets().open(sealed).map_err(|err| {
-        tracing::error!(cause = %err, "cannot open an endpoint secret");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })
+    let key = secret(&state, &id).await?;
+    Ok(Json(SecretOut { key }))
 }
 
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SecretOut>, ApiError> {
-    let now = state.clock.now();
-    let old_until = now + chrono_duration(state.settings.delivery.secret_grace);
-    let secret = signing::new_secret();
-    let sealed = state.engine.secrets().seal(&secret);
-    state
-        .store
-        .rotate_secret(&id, &sealed, old_until, now)
-        .await
-        .map_err(not_found(&id))?;
-    Ok(Json(SecretOut { key: secret }))
+    let key = rotate(&state, &id).await?;
+    Ok(Json(SecretOut { key }))
 }

@@ -8,8 +8,8 @@
 //! then wake the engine (the test webhook and the URL check go through the engine's
 //! guarded client).
 
-mod deliveries;
-mod endpoints;
+pub mod deliveries;
+pub mod endpoints;
 mod error;
 mod event_types;
 mod events;

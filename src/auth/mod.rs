@@ -111,12 +111,27 @@ impl SignIn {
         }
     }
 
+    /// Signs in for the API: checks the e-mail and password, then issues a token.
     pub async fn sign_in(
         &self,
         email: &str,
         password: &str,
         client: IpAddr,
     ) -> Result<SignedIn, AuthError> {
+        let user = self.authenticate(email, password, client).await?;
+        let signed_in = self.issue_token(user, self.clock.now()).await?;
+        info!(user_id = %signed_in.user.id, client = %client, "signed in");
+        Ok(signed_in)
+    }
+
+    /// Checks an e-mail and a password, under the throttle, and issues nothing: the
+    /// API's sign-in adds a token, the console a session.
+    pub async fn authenticate(
+        &self,
+        email: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<User, AuthError> {
         let now = self.clock.now();
         if let Some(wait) = self.throttle.wait(email, client, now) {
             info!(client = %client, "sign-in refused: too many failures");
@@ -132,9 +147,7 @@ impl SignIn {
         };
 
         self.throttle.record_success(email);
-        let signed_in = self.issue_token(user, now).await?;
-        info!(user_id = %signed_in.user.id, client = %client, "signed in");
-        Ok(signed_in)
+        Ok(user)
     }
 
     /// The user if the password is theirs. Always runs one argon2 verification.

@@ -30,7 +30,7 @@ use crate::payload::{format_time, hex_sha256};
 use crate::secrets::SecretBox;
 use crate::settings::{DeliverySettings, RetrySchedule};
 use crate::signing;
-use crate::store::{ClaimRequest, Claimed, Recorded, Store, StoreError};
+use crate::store::{AttemptOutcome, ClaimRequest, Claimed, RecordedMany, Store, StoreError};
 use egress::EgressPolicy;
 
 /// The longest wait between two looks at the store when nothing wakes the scheduler;
@@ -40,6 +40,11 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a claim stays valid beyond the attempt timeout, so a lease never runs out
 /// while its attempt is still in flight.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The most deliveries a lane claims at once. A lane starts with one and doubles its
+/// claim after each batch in which every attempt succeeded, so a healthy endpoint costs
+/// one transaction per batch while a failing one claims no more than it attempts.
+const MAX_CLAIM: usize = 64;
 
 /// How long a lane keeps its endpoint while work is waiting. Then it hands the
 /// endpoint over, so that on a store shared by several processes the work of a busy
@@ -255,19 +260,79 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<LaneEnd, StoreError> {
         let turn = tokio::time::Instant::now();
-        let mut next = self
-            .store
-            .claim_next(self.claim_request(endpoint_id))
-            .await?;
-        while let Some(claimed) = next {
-            let turn_over = turn.elapsed() >= LANE_TURN;
-            let lane = (!turn_over).then_some((endpoint_id, cancel));
-            next = self.deliver(&claimed, lane).await?.1.next;
-            if turn_over {
+        let mut size = 1;
+        loop {
+            let request = self.claim_request(endpoint_id);
+            let lease_until = request.lease_until;
+            let batch = self.store.claim_many(request, size).await?;
+            if batch.is_empty() {
+                return Ok(LaneEnd::Drained);
+            }
+            let run = self.attempt_batch(batch, lease_until, cancel).await?;
+            if !run.go_on || cancel.is_cancelled() {
+                return Ok(LaneEnd::Drained);
+            }
+            if turn.elapsed() >= LANE_TURN {
                 return Ok(LaneEnd::TurnOver);
             }
+            size = if run.all_succeeded {
+                (size * 2).min(MAX_CLAIM)
+            } else {
+                1
+            };
         }
-        Ok(LaneEnd::Drained)
+    }
+
+    /// Attempts a lane's claimed deliveries one after the other, in order, recording
+    /// each outcome while the next attempt is on the wire. It waits for one record to be
+    /// committed before starting the next but one, so at any moment at most two of an
+    /// endpoint's attempts are unsettled: the one on the wire and the one being
+    /// recorded. Those two are what a crash can send twice. Stops early when the
+    /// endpoint turns out to be down, when shutting down, or when an attempt could no
+    /// longer end before the claim's lease does.
+    async fn attempt_batch(
+        &self,
+        batch: Vec<Claimed>,
+        lease_until: Timestamp,
+        cancel: &CancellationToken,
+    ) -> Result<BatchRun, StoreError> {
+        let last_start = lease_until - chrono_duration(self.settings.attempt_timeout);
+        let mut run = BatchRun {
+            go_on: true,
+            all_succeeded: true,
+        };
+        let mut recording: Option<tokio::task::JoinHandle<Result<RecordedMany, StoreError>>> = None;
+        for claimed in batch {
+            if cancel.is_cancelled() || self.clock.now() > last_start {
+                // What is left keeps its lease until it runs out, so nothing overtakes it.
+                run.go_on = false;
+                break;
+            }
+            let outcome = self.attempt_one(claimed).await?;
+            let succeeded = outcome.attempt.succeeded();
+            run.all_succeeded &= succeeded;
+            let pace_ok = self.pacing.record(
+                &outcome.claimed.endpoint.id,
+                succeeded,
+                outcome.attempt.attempted_at,
+            );
+
+            if let Some(previous) = recording.take() {
+                settle(previous).await?;
+            }
+            let store = self.store.clone();
+            recording = Some(tokio::spawn(async move {
+                store.record_many(vec![outcome], None).await
+            }));
+            if !pace_ok {
+                run.go_on = false;
+                break;
+            }
+        }
+        if let Some(last) = recording {
+            settle(last).await?;
+        }
+        Ok(run)
     }
 
     fn claim_request(&self, endpoint_id: &str) -> ClaimRequest {
@@ -279,13 +344,8 @@ impl Engine {
         }
     }
 
-    /// Attempts a claimed delivery and records the outcome. For a lane that is not
-    /// shutting down, the endpoint's next due delivery is claimed in the same transaction.
-    async fn deliver(
-        &self,
-        claimed: &Claimed,
-        lane: Option<(&str, &CancellationToken)>,
-    ) -> Result<(Attempt, Recorded), StoreError> {
+    /// Attempts one claimed delivery and decides what follows, in the delivery's span.
+    async fn attempt_one(&self, claimed: Claimed) -> Result<AttemptOutcome, StoreError> {
         let span = tracing::info_span!(
             "attempt",
             delivery_id = %claimed.delivery.id,
@@ -293,26 +353,17 @@ impl Engine {
             attempt = claimed.delivery.attempt_count + 1,
         );
         async {
-            let attempt = self.attempt(claimed).await;
+            let attempt = self.attempt(&claimed).await;
             let after = self.decide(&claimed.delivery, &attempt);
             if attempt.status_code == Some(410) && !claimed.delivery.test {
-                self.disable_gone(claimed, &attempt).await?;
+                self.disable_gone(&claimed, &attempt).await?;
             }
-            let pace_ok = claimed.delivery.test
-                || self.pacing.record(
-                    &claimed.endpoint.id,
-                    attempt.succeeded(),
-                    attempt.attempted_at,
-                );
-            let next = lane
-                .filter(|(_, cancel)| pace_ok && !cancel.is_cancelled())
-                .map(|(endpoint_id, _)| self.claim_request(endpoint_id));
-            let recorded = self
-                .store
-                .record_attempt(claimed, &attempt, after, next)
-                .await?;
-            log_outcome(&attempt, after, recorded.stored);
-            Ok((attempt, recorded))
+            log_outcome(&attempt, after);
+            Ok(AttemptOutcome {
+                claimed,
+                attempt,
+                after,
+            })
         }
         .instrument(span)
         .await
@@ -450,8 +501,11 @@ impl Engine {
             .store
             .insert_test_delivery(&event, endpoint_id, lease_until)
             .await?;
-        let (attempt, _) = self.deliver(&claimed, None).await?;
-        Ok((claimed.delivery, attempt))
+        let outcome = self.attempt_one(claimed).await?;
+        self.store
+            .record_attempt(&outcome.claimed, &outcome.attempt, outcome.after, None)
+            .await?;
+        Ok((outcome.claimed.delivery, outcome.attempt))
     }
 
     /// Sends a HEAD to a URL through the same guard as every attempt. The error names
@@ -493,23 +547,40 @@ enum LaneEnd {
     TurnOver,
 }
 
-fn log_outcome(attempt: &Attempt, after: AfterAttempt, recorded: bool) {
+fn log_outcome(attempt: &Attempt, after: AfterAttempt) {
     let status = attempt.status_code;
     let error = attempt.error.as_deref().unwrap_or("");
-    match (recorded, after) {
-        (false, _) => debug!("attempt not recorded: the delivery's endpoint was deleted"),
-        (true, AfterAttempt::Succeeded) => {
-            info!(
-                status,
-                duration_ms = attempt.duration_ms,
-                "delivery succeeded"
-            )
-        }
-        (true, AfterAttempt::RetryAt(at)) => {
+    match after {
+        AfterAttempt::Succeeded => info!(
+            status,
+            duration_ms = attempt.duration_ms,
+            "delivery succeeded"
+        ),
+        AfterAttempt::RetryAt(at) => {
             info!(status, error, next_attempt_at = %at, "attempt failed, will retry")
         }
-        (true, AfterAttempt::Failed) => warn!(status, error, "delivery failed"),
+        AfterAttempt::Failed => warn!(status, error, "delivery failed"),
     }
+}
+
+/// Waits for an attempt's record to be committed.
+async fn settle(
+    recording: tokio::task::JoinHandle<Result<RecordedMany, StoreError>>,
+) -> Result<(), StoreError> {
+    let recorded = recording
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("recording task failed: {err}")))??;
+    if recorded.stored.contains(&false) {
+        debug!("attempt not recorded: the endpoint was deleted meanwhile");
+    }
+    Ok(())
+}
+
+/// What a lane did with one batch of claims.
+struct BatchRun {
+    /// Whether the lane may claim more right away.
+    go_on: bool,
+    all_succeeded: bool,
 }
 
 fn header_value(text: &str) -> HeaderValue {

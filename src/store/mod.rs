@@ -11,7 +11,6 @@
 //! only the [`Store`] trait; where the two differ in kind (who may hold a lease, who
 //! else writes), the trait says so in a method, not the caller in an `if`.
 
-mod batch;
 mod postgres;
 mod sqlite;
 
@@ -20,8 +19,9 @@ use tokio::sync::watch;
 
 use crate::clock::Timestamp;
 use crate::model::{
-    AfterAttempt, Alert, ApiToken, Attempt, AttemptRecord, Delivery, DeliveryStatus, Endpoint,
-    EndpointFields, EventType, NewApiToken, NewEvent, NewUser, Principal, User, UserChanges,
+    AfterAttempt, Alert, ApiToken, Attempt, AttemptRecord, ConsoleSession, Delivery,
+    DeliveryStatus, Endpoint, EndpointFields, EventType, NewApiToken, NewEvent, NewUser, Principal,
+    User, UserChanges,
 };
 
 pub use postgres::PostgresStore;
@@ -144,6 +144,22 @@ pub struct Recorded {
     pub next: Option<Claimed>,
 }
 
+/// One attempt's outcome, ready to be recorded.
+#[derive(Clone, Debug)]
+pub struct AttemptOutcome {
+    pub claimed: Claimed,
+    pub attempt: Attempt,
+    pub after: AfterAttempt,
+}
+
+/// What recording several attempts did, and the lane's next claims.
+#[derive(Clone, Debug, Default)]
+pub struct RecordedMany {
+    /// Per outcome, false when its delivery no longer exists.
+    pub stored: Vec<bool>,
+    pub next: Vec<Claimed>,
+}
+
 /// The health of an endpoint, for lists and the console.
 #[derive(Clone, Debug)]
 pub struct Outage {
@@ -217,7 +233,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a token; with an `owner`, only one of that user's
     /// ([`StoreError::NotFound`] otherwise).
     async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()>;
-    /// Deletes the user's tokens that expire (those made by signing in), except `keep`.
+    /// Ends the user's sign-ins: deletes the tokens that expire (those made by signing
+    /// in), except `keep`, and every console session. Returns how many tokens went.
     async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64>;
     /// Sets a token's last-used time. Callers write it at most about once a minute per
     /// token, so that using a token is not a write per request.
@@ -291,6 +308,39 @@ pub trait Store: Send + Sync + 'static {
     /// with a lease that keeps other workers off it until `lease_until`. Nothing is
     /// claimed for a disabled or deleted endpoint.
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>>;
+    /// Claims up to `limit` of the endpoint's due deliveries, in order, under one lease.
+    /// A store that cannot claim several at once claims one.
+    async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
+        let _ = limit;
+        Ok(self.claim_next(request).await?.into_iter().collect())
+    }
+
+    /// Records several attempts and makes the lane's next claim of up to `limit`
+    /// deliveries. A store that cannot batch records them one by one.
+    async fn record_many(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
+        let mut recorded = RecordedMany::default();
+        let last = outcomes.len().checked_sub(1);
+        for (n, outcome) in outcomes.iter().enumerate() {
+            let claim = then_claim
+                .clone()
+                .filter(|_| Some(n) == last)
+                .map(|(request, _)| request);
+            let one = self
+                .record_attempt(&outcome.claimed, &outcome.attempt, outcome.after, claim)
+                .await?;
+            recorded.stored.push(one.stored);
+            recorded.next.extend(one.next);
+        }
+        if let (None, Some((request, limit))) = (last, then_claim) {
+            recorded.next = self.claim_many(request, limit).await?;
+        }
+        Ok(recorded)
+    }
+
     /// Records an attempt and the delivery's new state, releasing its lease, and makes
     /// the lane's next claim in the same transaction.
     async fn record_attempt(
@@ -320,6 +370,16 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups(&self) -> Option<watch::Receiver<()>> {
         None
     }
+
+    /// How many deliveries of the endpoint are still pending.
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64>;
+
+    /// Stores a new console session, and removes sessions that expired before `now`.
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()>;
+    /// The session with this id hash, if it exists and has not expired at `now`.
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>>;
+    /// Ends a session (signing out); ending one that does not exist is not an error.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
     /// Alerts not yet passed on to people and not postponed past `now`, oldest first.

@@ -42,7 +42,7 @@ pub async fn burst(
 ) -> (Accepted, Duration) {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let accepted = Arc::new(Mutex::new(Vec::with_capacity(count.min(1 << 20))));
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (http, base, token) = (

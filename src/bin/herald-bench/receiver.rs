@@ -45,7 +45,7 @@ pub async fn start_fast(arrivals: Arrivals) -> String {
 
 /// Starts a receiver that reads requests and never answers them.
 pub async fn start_silent() -> String {
-    let app = Router::new().fallback(|| std::future::pending::<&'static str>());
+    let app = Router::new().fallback(std::future::pending::<&'static str>);
     serve(app).await
 }
 

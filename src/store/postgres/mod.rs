@@ -10,6 +10,7 @@
 mod listener;
 mod queue;
 mod users;
+mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,11 +22,11 @@ use sqlx::{Postgres, Row};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::batch::{BatchWrites, WriterQueue};
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
 use crate::model::Ordering;
+use writer::{BatchWrites, WriterQueue};
 
 /// Connections for reads and the writes outside the batch, per process. The batch
 /// writer and the listener have one connection each besides these.
@@ -814,6 +815,65 @@ impl Store for PostgresStore {
 
     fn wakeups(&self) -> Option<watch::Receiver<()>> {
         Some(self.wakeups.clone())
+    }
+
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64> {
+        let count = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND status = 'pending'",
+        )
+        .bind(endpoint_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, user_id, csrf_token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.user_id)
+        .bind(&session.csrf_token)
+        .bind(micros(session.created_at))
+        .bind(micros(session.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>> {
+        let row = sqlx::query(
+            "SELECT s.id_hash, s.user_id, u.name AS user_name, s.csrf_token, s.created_at, \
+             s.expires_at FROM console_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(micros(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| ConsoleSession {
+            id_hash: row.get("id_hash"),
+            user_id: row.get("user_id"),
+            user_name: row.get("user_name"),
+            csrf_token: row.get("csrf_token"),
+            created_at: from_micros(row.get("created_at")),
+            expires_at: from_micros(row.get("expires_at")),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {

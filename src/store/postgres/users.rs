@@ -266,15 +266,21 @@ pub(super) async fn delete_sign_in_tokens(
     user_id: &str,
     keep: Option<&str>,
 ) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
     let deleted = sqlx::query(
         "DELETE FROM tokens WHERE user_id = $1 AND expires_at IS NOT NULL \
          AND ($2::text IS NULL OR id <> $2)",
     )
     .bind(user_id)
     .bind(keep)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(deleted)
 }
 

@@ -8,16 +8,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 
 mod users;
+mod writer;
 
-use super::batch::{BatchWrites, WriterQueue};
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
@@ -26,7 +25,7 @@ use crate::model::{AlertDetail, AlertKind, Ordering};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    writer_queue: WriterQueue,
+    writer_queue: writer::WriterQueue,
     /// Held for as long as the store is open: one process owns an SQLite data directory.
     _lock: File,
 }
@@ -57,9 +56,7 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        let writer_queue = WriterQueue::start(SqliteWrites {
-            pool: writer.clone(),
-        });
+        let writer_queue = writer::WriterQueue::start(writer.clone());
         Ok(SqliteStore {
             writer,
             reader,
@@ -84,50 +81,6 @@ fn lock_data_dir(dir: &Path) -> StoreResult<File> {
         ))
     })?;
     Ok(file)
-}
-
-/// The group-committed writes, on the one writing connection.
-struct SqliteWrites {
-    pool: SqlitePool,
-}
-
-#[async_trait]
-impl BatchWrites for SqliteWrites {
-    type Conn = PoolConnection<Sqlite>;
-
-    // IMMEDIATE takes the write lock at once, so no statement of the batch can fail
-    // later for want of it.
-    const BEGIN: &'static str = "BEGIN IMMEDIATE";
-
-    async fn acquire(&self) -> StoreResult<Self::Conn> {
-        Ok(self.pool.acquire().await?)
-    }
-
-    async fn close(conn: Self::Conn) {
-        let _ = conn.close().await;
-    }
-
-    async fn exec(conn: &mut Self::Conn, sql: &'static str) -> StoreResult<()> {
-        sqlx::Executor::execute(&mut **conn, sql).await?;
-        Ok(())
-    }
-
-    async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted> {
-        insert_event_in(conn, event).await
-    }
-
-    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>> {
-        claim_in(conn, request).await
-    }
-
-    async fn record(
-        conn: &mut Self::Conn,
-        claimed: &Claimed,
-        attempt: &Attempt,
-        after: AfterAttempt,
-    ) -> StoreResult<bool> {
-        record_in(conn, claimed, attempt, after).await
-    }
 }
 
 const ENDPOINT_COLUMNS: &str = "e.id, e.name, e.url, e.enabled, e.ordering, e.secret, \
@@ -481,41 +434,77 @@ async fn endpoint_in(conn: &mut SqliteConnection, id: &str) -> StoreResult<Optio
 async fn claim_in(
     conn: &mut SqliteConnection,
     request: &ClaimRequest,
-) -> StoreResult<Option<Claimed>> {
+    limit: usize,
+) -> StoreResult<Vec<Claimed>> {
     let Some(endpoint) = endpoint_in(conn, &request.endpoint_id).await? else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     if !endpoint.enabled {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let per_object = endpoint.ordering == Ordering::PerObject;
-    let seq: Option<i64> = sqlx::query_scalar(
-        "UPDATE deliveries SET lease_until = ?3 WHERE seq = ( \
+    let mut seqs: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET lease_until = ?3 WHERE seq IN ( \
            SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
            AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
            AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
              AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
-           ORDER BY d.seq LIMIT 1) RETURNING seq",
+           ORDER BY d.seq LIMIT ?5) RETURNING seq",
     )
     .bind(&request.endpoint_id)
     .bind(micros(request.now))
     .bind(micros(request.lease_until))
     .bind(per_object)
-    .fetch_optional(&mut *conn)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(seq) = seq else {
-        return Ok(None);
-    };
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    seqs.sort_unstable();
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-         WHERE d.seq = ?"
+         WHERE d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.seq"
     );
-    let row = sqlx::query(&sql).bind(seq).fetch_one(&mut *conn).await?;
-    Ok(Some(Claimed {
-        seq,
-        delivery: delivery_from_row(&row),
-        endpoint,
-    }))
+    let seq_list = serde_json::to_string(&seqs).expect("numbers serialize");
+    let rows = sqlx::query(&sql)
+        .bind(seq_list)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Claimed {
+            seq: row.get("seq"),
+            delivery: delivery_from_row(row),
+            endpoint: endpoint.clone(),
+        })
+        .collect())
+}
+
+/// Notes when each endpoint in `outcomes` was last sent to.
+async fn touch_endpoints(
+    conn: &mut SqliteConnection,
+    outcomes: &[AttemptOutcome],
+) -> StoreResult<()> {
+    let mut latest: Vec<(&str, Timestamp)> = Vec::new();
+    for outcome in outcomes {
+        let (id, at) = (
+            outcome.claimed.endpoint.id.as_str(),
+            outcome.attempt.attempted_at,
+        );
+        match latest.iter_mut().find(|(known, _)| *known == id) {
+            Some(entry) => entry.1 = entry.1.max(at),
+            None => latest.push((id, at)),
+        }
+    }
+    for (id, at) in latest {
+        sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Records an attempt on a connection inside a transaction; false when the delivery is gone.
@@ -550,14 +539,16 @@ async fn record_in(
 
     // Only the first and the latest reply bodies are kept: a receiver that answers every
     // retry with the same large error page must not fill the disk with copies of it.
-    sqlx::query(
-        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+    if claimed.delivery.attempt_count >= 2 {
+        sqlx::query(
+            "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
          WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
          AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
-    )
-    .bind(claimed.seq)
-    .execute(&mut *conn)
-    .await?;
+        )
+        .bind(claimed.seq)
+        .execute(&mut *conn)
+        .await?;
+    }
 
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
     sqlx::query(
@@ -576,11 +567,6 @@ async fn record_in(
     .bind(&attempt.error)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
-        .bind(at)
-        .bind(&claimed.endpoint.id)
-        .execute(&mut *conn)
-        .await?;
     if !claimed.delivery.test {
         track_outage(conn, claimed, attempt, after).await?;
     }
@@ -1060,7 +1046,19 @@ impl Store for SqliteStore {
     }
 
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
-        self.writer_queue.claim(request).await
+        Ok(self.writer_queue.claim(request, 1).await?.pop())
+    }
+
+    async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
+        self.writer_queue.claim(request, limit).await
+    }
+
+    async fn record_many(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
+        self.writer_queue.record(outcomes, then_claim).await
     }
 
     async fn record_attempt(
@@ -1070,9 +1068,19 @@ impl Store for SqliteStore {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded> {
-        self.writer_queue
-            .record(claimed.clone(), attempt.clone(), after, then_claim)
-            .await
+        let outcome = AttemptOutcome {
+            claimed: claimed.clone(),
+            attempt: attempt.clone(),
+            after,
+        };
+        let many = self
+            .writer_queue
+            .record(vec![outcome], then_claim.map(|r| (r, 1)))
+            .await?;
+        Ok(Recorded {
+            stored: many.stored.first().copied().unwrap_or(false),
+            next: many.next.into_iter().next(),
+        })
     }
 
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
@@ -1153,6 +1161,65 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
         Ok(released)
+    }
+
+    async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64> {
+        let count = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE endpoint_id = ? AND status = 'pending'",
+        )
+        .bind(endpoint_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(count)
+    }
+
+    async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, user_id, csrf_token, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.user_id)
+        .bind(&session.csrf_token)
+        .bind(micros(session.created_at))
+        .bind(micros(session.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: Timestamp) -> StoreResult<Option<ConsoleSession>> {
+        let row = sqlx::query(
+            "SELECT s.id_hash, s.user_id, u.name AS user_name, s.csrf_token, s.created_at, \
+             s.expires_at FROM console_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = ? AND s.expires_at > ?",
+        )
+        .bind(id_hash)
+        .bind(micros(now))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|row| ConsoleSession {
+            id_hash: row.get("id_hash"),
+            user_id: row.get("user_id"),
+            user_name: row.get("user_name"),
+            csrf_token: row.get("csrf_token"),
+            created_at: from_micros(row.get("created_at")),
+            expires_at: from_micros(row.get("expires_at")),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {

@@ -260,6 +260,7 @@ pub(super) async fn delete_sign_in_tokens(
     user_id: &str,
     keep: Option<&str>,
 ) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
     let deleted = sqlx::query(
         "DELETE FROM tokens WHERE user_id = ? AND expires_at IS NOT NULL \
          AND (? IS NULL OR id <> ?)",
@@ -267,9 +268,14 @@ pub(super) async fn delete_sign_in_tokens(
     .bind(user_id)
     .bind(keep)
     .bind(keep)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    sqlx::query("DELETE FROM console_sessions WHERE user_id = ?")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(deleted)
 }
 

@@ -1,14 +1,15 @@
-//! Group commit for the hot writes: event ingest, claims and attempt records.
+//! Group commit on PostgreSQL for the hot writes: event ingest, claims and attempt
+//! records.
 //!
-//! One task per store owns one connection for these writes. It takes every job waiting
-//! in its queue, runs them in one transaction (each behind its own savepoint, so one
-//! job's error leaves the others intact), commits once, and only then answers each
-//! caller. A durable commit is what makes an answer true; sharing one commit between
-//! many jobs is what makes that affordable, on SQLite (a full sync) as on PostgreSQL (a
-//! round trip and a WAL flush).
+//! One task per process owns one connection for these writes. It takes every job
+//! waiting in its queue, runs them in one transaction (each behind its own savepoint, so
+//! one job's error leaves the others intact), commits once, and only then answers each
+//! caller. A commit is a round trip and a WAL flush; sharing one between many jobs is
+//! what makes that affordable. (SQLite has its own writer, `store::sqlite::writer`.)
 //!
-//! The batching is the same for both stores; what a job does on a connection is the
-//! store's own, behind [`BatchWrites`]. This module never decides what to write.
+//! What a job does on the connection is `queue.rs`'s, behind [`BatchWrites`]; this
+//! module only batches, orders the jobs so that processes never wait on each other in
+//! a cycle, and answers.
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
