@@ -1,12 +1,12 @@
 //! Starting and stopping `herald serve`: open the store, run migrations, create the
-//! first super admin and its token, then run the API, the delivery engine and the alert
-//! task together under one cancellation token.
+//! first super admin and its token, then run the API, the delivery engine, retention
+//! and the alert task together under one cancellation token (and, on a shared store,
+//! the task that passes other processes' wake-ups to the engine).
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::mail::Mailer;
 use crate::secrets::SecretBox;
 use crate::settings::Settings;
-use crate::store::{SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store};
 
 /// A running server; dropping it does not stop it, [`Server::shutdown`] does.
 pub struct Server {
@@ -31,7 +31,6 @@ pub struct Server {
     pub engine: Arc<Engine>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    _lock: File,
 }
 
 pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Server> {
@@ -41,14 +40,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
             settings.data_dir.display()
         )
     })?;
-    let lock = lock_data_dir(&settings.data_dir)?;
     if settings.dev {
         warn!("development mode: sending to loopback and private networks and over plain http is allowed");
     }
 
     let store = open_store(&settings).await?;
     create_initial_token(store.as_ref(), &settings, &clock).await?;
-    let released = store.release_all_leases().await?;
+    let released = store.release_orphaned_leases().await?;
     if released > 0 {
         info!(
             released,
@@ -85,6 +83,13 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.clone().run(cancel.clone())));
+    if let Some(wakeups) = store.wakeups() {
+        tasks.push(tokio::spawn(pass_on_wakeups(
+            wakeups,
+            engine.clone(),
+            cancel.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::retention::run(
         store.clone(),
         clock.clone(),
@@ -110,8 +115,24 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         engine,
         cancel,
         tasks,
-        _lock: lock,
     })
+}
+
+/// Wakes the engine whenever the store reports work committed by another process.
+async fn pass_on_wakeups(
+    mut wakeups: tokio::sync::watch::Receiver<()>,
+    engine: Arc<Engine>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = wakeups.changed() => match changed {
+                Ok(()) => engine.wake(),
+                Err(_) => return,
+            },
+            _ = cancel.cancelled() => return,
+        }
+    }
 }
 
 impl Server {
@@ -139,36 +160,40 @@ fn open_secret_box(settings: &Settings) -> anyhow::Result<SecretBox> {
     Ok(secrets)
 }
 
-/// One process owns an SQLite data directory; a second would corrupt the queue's leases.
-pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
-    let path = dir.join("herald.lock");
-    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "another herald process is using the data directory {}",
-            dir.display()
-        )
-    })?;
-    Ok(file)
-}
-
-/// Opens the configured store and brings its schema up to date.
+/// Opens the configured store and brings its schema up to date: PostgreSQL for a
+/// `postgres://` URL, otherwise SQLite in the data directory.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(url) = &settings.database_url {
-        anyhow::bail!(
-            "database URL '{}' is not supported yet; only the embedded SQLite store is",
-            redact(url)
-        );
-    }
-    let path = settings.database_path();
-    let store = SqliteStore::open(&path)
-        .await
-        .with_context(|| format!("cannot open database {}", path.display()))?;
+    let store: Arc<dyn Store> = match &settings.database_url {
+        Some(url) => Arc::new(open_postgres(url).await?),
+        None => Arc::new(
+            SqliteStore::open(&settings.data_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the database in {}",
+                        settings.data_dir.display()
+                    )
+                })?,
+        ),
+    };
     store
         .migrate()
         .await
         .context("cannot migrate the database")?;
-    Ok(Arc::new(store))
+    Ok(store)
+}
+
+async fn open_postgres(url: &str) -> anyhow::Result<PostgresStore> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        anyhow::bail!(
+            "database URL '{}' is not supported: give a postgres:// URL, or none for SQLite in the data directory",
+            redact(url)
+        );
+    }
+    PostgresStore::open(url)
+        .await
+        .with_context(|| format!("cannot connect to the database {}", redact(url)))
 }
 
 fn redact(url: &str) -> String {

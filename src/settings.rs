@@ -126,10 +126,6 @@ impl Settings {
         }
     }
 
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("herald.db")
-    }
-
     pub fn secret_key_path(&self) -> PathBuf {
         self.data_dir.join("secret-key")
     }

@@ -21,6 +21,7 @@ async fn server_mailing_to(smtp_url: &str, retry_window: Duration) -> TestServer
             s.public_url = PUBLIC_URL.to_string();
             s.delivery.retry_window = retry_window;
         }),
+        ..Options::default()
     })
     .await
 }
@@ -219,6 +220,7 @@ async fn without_smtp_settings_an_alert_is_logged_and_marked_sent() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     server.add_user("ops@example.com", "super_admin").await;

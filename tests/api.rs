@@ -171,6 +171,11 @@ async fn bad_endpoint_requests_are_refused_with_a_code_and_a_detail() {
             "201",
         ),
         (
+            json!({"name": "a\u{0}b", "url": url}),
+            "invalid_name",
+            "control characters",
+        ),
+        (
             json!({"name": "x", "url": "not a url"}),
             "invalid_url",
             "not a url",

@@ -454,6 +454,7 @@ async fn resend_sends_a_failed_delivery_again_with_a_new_window() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -488,6 +489,7 @@ async fn recover_resends_every_failed_delivery_since_a_time() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -569,6 +571,7 @@ async fn a_recovered_endpoint_raises_one_recovery_alert_after_one_failing_alert(
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::ZERO),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -608,4 +611,37 @@ async fn a_recovered_endpoint_raises_one_recovery_alert_after_one_failing_alert(
     assert_eq!(detail["endpoint_url"], json!(receiver.url));
     assert_eq!(detail["last_status"], 500);
     assert_eq!(alerts["data"][0]["endpoint_id"], json!(endpoint));
+}
+
+/// PostgreSQL refuses the NUL character in text, and SQLite stores it as it is; on both
+/// the attempt is recorded, and the API shows the NUL escaped, as JSON writes it.
+#[tokio::test]
+async fn a_reply_with_nul_bytes_and_invalid_utf8_is_recorded_and_shown_escaped() {
+    let body = b"ok\0then \xff\xfe end".to_vec();
+    let receiver = Receiver::answering(Reply::RawBody(body)).await;
+    let server = TestServer::start().await;
+    let endpoint = server.endpoint(&receiver.url, &["account.created"]).await;
+    server.emit("account.created", json!(1), json!({})).await;
+
+    receiver.wait_posts(1).await;
+    let list = server.deliveries(&endpoint).await;
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let delivery = server
+        .wait_delivery(&id, |d| d["status"] == "succeeded")
+        .await;
+    let attempt = &delivery["attempts"][0];
+    assert_eq!(attempt["response_body"], "ok\u{0}then \u{fffd}\u{fffd} end");
+    assert_eq!(attempt["response_headers"]["x-raw"], "caf\u{fffd}");
+
+    let raw = server
+        .http
+        .get(format!("{}/api/v1/deliveries/{id}", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(raw.contains(r#""response_body":"ok\u0000then"#), "{raw}");
 }

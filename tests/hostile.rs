@@ -56,6 +56,7 @@ async fn a_delivery_waiting_on_a_disabled_endpoint_fails_when_its_window_ends() 
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::from_secs(120)),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Status(500)).await;
@@ -143,6 +144,7 @@ fn public_only() -> Options {
             s.dev = false;
             s.delivery.allow_private = false;
         }),
+        ..Options::default()
     }
 }
 
@@ -267,6 +269,7 @@ async fn an_allowed_network_opens_that_network_only() {
             s.delivery.allow_private = false;
             s.delivery.allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
         }),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::start().await;
@@ -373,6 +376,7 @@ async fn settled_events_older_than_the_retention_period_are_removed() {
     let server = TestServer::start_with(Options {
         manual_clock: true,
         configure: Box::new(|s| s.delivery.retry_window = Duration::from_secs(60 * 24 * 3600)),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::start().await;

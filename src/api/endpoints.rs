@@ -167,6 +167,13 @@ pub(super) fn check_name(name: &str) -> Result<String, ApiError> {
             ),
         ));
     }
+    // Control characters have no place in a name, and PostgreSQL refuses NUL in text.
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            "name must not contain control characters such as a line break or NUL",
+        ));
+    }
     Ok(name.to_string())
 }
 

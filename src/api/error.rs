@@ -126,10 +126,6 @@ impl From<StoreError> for ApiError {
                 error!(cause = %cause, "database unavailable");
                 unavailable()
             }
-            StoreError::Database(cause) if is_unavailable(&cause) => {
-                error!(cause = %cause, "database unavailable");
-                unavailable()
-            }
             other => {
                 error!(cause = %other, "request failed inside the store");
                 ApiError::new(
@@ -148,19 +144,6 @@ fn unavailable() -> ApiError {
         "store_unavailable",
         "the database is unavailable; nothing was stored, try again",
     )
-}
-
-fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    ) || err.as_database_error().is_some_and(|db| {
-        let message = db.message();
-        message.contains("database is locked") || message.contains("disk I/O")
-    })
 }
 
 impl From<JsonRejection> for ApiError {

@@ -37,7 +37,15 @@ pub async fn create_event_type(
         name: input.name.clone(),
         trigger: trigger.to_string(),
         action: action.to_string(),
-        description: input.description.trim().chars().take(500).collect(),
+        // Control characters (NUL among them, which PostgreSQL refuses in text) become
+        // spaces, so a description is always one line of text.
+        description: input
+            .description
+            .trim()
+            .chars()
+            .take(500)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
         builtin: false,
     };
     match state.store.add_event_type(&event_type).await {

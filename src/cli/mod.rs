@@ -281,8 +281,9 @@ async fn wait_for_signal() {
 async fn migrate(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.resolve()?;
     init_logging(settings.log_format);
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let _lock = crate::server::lock_data_dir(&settings.data_dir)?;
+    if settings.database_url.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+    }
     crate::server::open_store(&settings).await?;
     println!("database is up to date");
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,15 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// one transaction per batch while a failing one claims no more than it attempts.
 const MAX_CLAIM: usize = 64;
 
+/// How long a lane keeps its endpoint while work is waiting. Then it hands the
+/// endpoint over, so that on a store shared by several processes the work of a busy
+/// endpoint moves between them instead of staying with whichever started first.
+const LANE_TURN: Duration = Duration::from_secs(2);
+
+/// How long a process leaves an endpoint alone after handing it over: long enough for
+/// another process to take it, short enough to cost a lone process about 2% of a turn.
+const HANDOVER_PAUSE: Duration = Duration::from_millis(40);
+
 /// The longest wait between two attempts on the exponential schedule.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -226,9 +235,13 @@ impl Engine {
         let span = tracing::info_span!("lane", endpoint_id = %endpoint_id);
         self.tracker.spawn(
             async move {
-                if let Err(err) = engine.run_lane(&endpoint_id, &cancel).await {
-                    warn!(cause = %err, "lane stopped: store unavailable");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                match engine.run_lane(&endpoint_id, &cancel).await {
+                    Ok(LaneEnd::Drained) => {}
+                    Ok(LaneEnd::TurnOver) => tokio::time::sleep(HANDOVER_PAUSE).await,
+                    Err(err) => {
+                        warn!(cause = %err, "lane stopped: store unavailable");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
                 engine
                     .lanes
@@ -243,11 +256,14 @@ impl Engine {
         );
     }
 
+    /// Attempts the endpoint's due deliveries one at a time until none is due, or its
+    /// turn is over.
     async fn run_lane(
         &self,
         endpoint_id: &str,
         cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    ) -> Result<LaneEnd, StoreError> {
+        let turn = tokio::time::Instant::now();
         let mut size = 1;
         loop {
             self.changed
@@ -258,7 +274,7 @@ impl Engine {
             let lease_until = request.lease_until;
             let batch = self.store.claim_many(request, size).await?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(LaneEnd::Drained);
             }
             let run = self.attempt_batch(batch, lease_until, cancel).await?;
             if !run.left_over.is_empty() {
@@ -266,7 +282,10 @@ impl Engine {
                 self.store.release_claims(&run.left_over).await?;
             }
             if !run.go_on || cancel.is_cancelled() {
-                return Ok(());
+                return Ok(LaneEnd::Drained);
+            }
+            if turn.elapsed() >= LANE_TURN {
+                return Ok(LaneEnd::TurnOver);
             }
             size = if run.all_succeeded {
                 (size * 2).min(MAX_CLAIM)
@@ -549,6 +568,14 @@ impl Engine {
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
+}
+
+/// Why a lane stopped.
+enum LaneEnd {
+    /// Nothing of its endpoint is due (or the engine is shutting down).
+    Drained,
+    /// It handed the endpoint over after [`LANE_TURN`].
+    TurnOver,
 }
 
 fn log_outcome(attempt: &Attempt, after: AfterAttempt) {

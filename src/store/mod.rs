@@ -5,10 +5,17 @@
 //! so a process that dies loses nothing that was acknowledged. No method holds a
 //! transaction open across a network call; the engine claims, commits, calls, then
 //! records.
+//!
+//! Two implementations: [`SqliteStore`], embedded and owned by one process, and
+//! [`PostgresStore`], which several processes share. Code outside this module sees
+//! only the [`Store`] trait; where the two differ in kind (who may hold a lease, who
+//! else writes), the trait says so in a method, not the caller in an `if`.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::clock::Timestamp;
 use crate::model::{
@@ -17,7 +24,8 @@ use crate::model::{
     User, UserChanges,
 };
 
-pub use sqlite::SqliteStore;
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteStore, DATABASE_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,15 +41,59 @@ pub enum StoreError {
     InFlight,
     #[error("the last super admin cannot be removed or demoted")]
     LastSuperAdmin,
+    /// The database cannot be reached or refuses work for now; trying again later may
+    /// succeed, and nothing of the failed call was written.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    /// Sorts a driver error into "the database is away" (for a 503 and a retry) and
+    /// anything else (a 500 and a log line).
+    fn from(err: sqlx::Error) -> StoreError {
+        if is_unavailable(&err) {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => unavailable_database_error(db.as_ref()),
+        _ => false,
+    }
+}
+
+/// SQLite's busy and I/O errors, and PostgreSQL's SQLSTATE classes that mean "not
+/// now": 08 (connection exception), 53 (insufficient resources: too many connections,
+/// disk full), 57P01 to 57P03 (the server shuts down or is starting), and 40001/40P01
+/// (serialization failure, deadlock), after which the whole call can be made again.
+fn unavailable_database_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = db.code().unwrap_or_default();
+    let postgres = code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code.as_ref(),
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+        );
+    let message = db.message();
+    let sqlite = message.contains("database is locked") || message.contains("disk I/O");
+    postgres || sqlite
+}
 
 /// The answer to an accepted event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,8 +366,17 @@ pub trait Store: Send + Sync + 'static {
     /// settled, with their deliveries and attempts, and sent alerts older than that.
     /// Returns how many events went.
     async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64>;
-    /// Releases every lease; only for a store that a single process owns.
-    async fn release_all_leases(&self) -> StoreResult<u64>;
+    /// Releases, at start, the leases that no living process can hold, and returns how
+    /// many. On a store one process owns (SQLite) that is every lease: the previous
+    /// owner is gone. On a shared store (PostgreSQL) it is none, because another process
+    /// may be in the middle of an attempt; its leases run out by themselves.
+    async fn release_orphaned_leases(&self) -> StoreResult<u64>;
+
+    /// Wake-ups for work that other processes committed, such as events they accepted.
+    /// `None` for a store that only this process writes: its own API wakes its engine.
+    fn wakeups(&self) -> Option<watch::Receiver<()>> {
+        None
+    }
 
     /// How many deliveries of the endpoint are still pending.
     async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64>;
@@ -334,4 +395,34 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()>;
     /// Counts a failed try to pass an alert on and leaves it until `retry_at`.
     async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()>;
+}
+
+/// Times are stored as microseconds since the Unix epoch, in both stores.
+fn micros(at: Timestamp) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(value: i64) -> Timestamp {
+    chrono::DateTime::from_timestamp_micros(value).unwrap_or_default()
+}
+
+/// The last error of a failing endpoint, as its outage row and alerts show it.
+fn describe_failure(attempt: &Attempt) -> String {
+    match (&attempt.error, attempt.status_code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(status)) => format!("status {status}"),
+        (None, None) => "unknown failure".to_string(),
+    }
+}
+
+/// Cuts a list fetched with one row too many into a page and its cursor.
+fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() as i64 > limit;
+    items.truncate(limit.max(0) as usize);
+    let next_cursor = if more {
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
 }

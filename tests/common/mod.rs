@@ -1,8 +1,13 @@
 //! Shared test helpers: the real server on port 0 with a temporary data directory and a
 //! manual clock, a scripted receiver speaking HTTP/1.1 over loopback, and an SMTP sink.
+//! The store is SQLite, or PostgreSQL with `HERALD_TEST_STORE=postgres` (see
+//! `database.rs`).
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod database;
+pub mod process;
 pub mod receiver;
 pub mod smtp;
 
@@ -15,6 +20,7 @@ use herald::settings::Settings;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+pub use database::{on_postgres, TestDatabase};
 #[allow(unused_imports)]
 pub use receiver::{Receiver, Reply};
 #[allow(unused_imports)]
@@ -27,6 +33,16 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub struct Options {
     pub manual_clock: bool,
     pub configure: Box<dyn FnOnce(&mut Settings)>,
+    /// A PostgreSQL database to share with other servers of the test; by default each
+    /// server on PostgreSQL gets a fresh one.
+    pub database: Option<Arc<TestDatabase>>,
+    /// A manual clock to share with another server of the test.
+    pub clock: Option<Arc<ManualClock>>,
+    /// The token of a server that shares this server's database.
+    pub token: Option<String>,
+    /// Runs on SQLite whatever `HERALD_TEST_STORE` says, for a test that cannot reach
+    /// the PostgreSQL server (the test says why).
+    pub sqlite_only: bool,
 }
 
 impl Default for Options {
@@ -34,6 +50,10 @@ impl Default for Options {
         Options {
             manual_clock: false,
             configure: Box::new(|_| {}),
+            database: None,
+            clock: None,
+            token: None,
+            sqlite_only: false,
         }
     }
 }
@@ -45,6 +65,8 @@ pub struct TestServer {
     pub clock: Option<Arc<ManualClock>>,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// Declared after `server`, so the database is dropped after the server's handles.
+    pub database: Option<Arc<TestDatabase>>,
 }
 
 impl TestServer {
@@ -73,11 +95,21 @@ impl TestServer {
         settings.dev = true;
         settings.delivery.allow_private = true;
         settings.delivery.attempt_timeout = Duration::from_secs(5);
+        let database = match options.database {
+            Some(shared) => Some(shared),
+            None if on_postgres() && !options.sqlite_only => {
+                Some(Arc::new(TestDatabase::create().await))
+            }
+            None => None,
+        };
+        settings.database_url = database.as_ref().map(|d| d.url.clone());
         (options.configure)(&mut settings);
 
-        let manual = options
-            .manual_clock
-            .then(|| ManualClock::new(chrono::Utc::now()));
+        let manual = options.clock.or_else(|| {
+            options
+                .manual_clock
+                .then(|| ManualClock::new(chrono::Utc::now()))
+        });
         let clock: SharedClock = match &manual {
             Some(m) => m.clone(),
             None => Arc::new(SystemClock),
@@ -85,7 +117,13 @@ impl TestServer {
         let server = herald::server::start(settings.clone(), clock)
             .await
             .expect("server starts");
-        let token = std::fs::read_to_string(settings.initial_token_path()).expect("initial token");
+        // On a shared database only the first server creates a token; the others use it.
+        let token = match std::fs::read_to_string(settings.initial_token_path()) {
+            Ok(token) => token,
+            Err(_) => options
+                .token
+                .expect("the initial token of the first server"),
+        };
         TestServer {
             base: format!("http://{}", server.addr),
             server: Some(server),
@@ -93,6 +131,7 @@ impl TestServer {
             clock: manual,
             http: reqwest::Client::new(),
             dir,
+            database,
         }
     }
 
@@ -220,6 +259,22 @@ impl TestServer {
 
     pub fn advance(&self, by: Duration) {
         self.clock.as_ref().expect("manual clock").advance(by);
+    }
+
+    /// Another server on this server's PostgreSQL database and clock, as a second
+    /// process would be.
+    pub async fn sibling(&self) -> TestServer {
+        // Endpoint secrets are sealed with the data directory's key, which every
+        // process on one database must share.
+        let key = std::fs::read_to_string(self.dir.path().join("secret-key")).expect("secret key");
+        TestServer::start_with(Options {
+            configure: Box::new(move |s| s.secret_key = Some(key.trim().to_string())),
+            database: Some(self.database.clone().expect("a PostgreSQL test server")),
+            clock: self.clock.clone(),
+            token: Some(self.token.clone()),
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn stop(mut self) {

@@ -28,6 +28,9 @@ pub enum Reply {
     Huge(usize),
     /// Sends half a status line and closes the connection.
     CloseMidway,
+    /// A 200 whose body is these bytes, as they are (NULs, invalid UTF-8), with a
+    /// header `x-raw` whose value is not UTF-8 either.
+    RawBody(Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +58,9 @@ struct State {
     head_status: u16,
     requests: Vec<Received>,
     body_bytes_sent: usize,
+    /// POSTs being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
     connections: usize,
 }
 
@@ -85,6 +91,8 @@ impl Receiver {
             head_status: 200,
             requests: Vec::new(),
             body_bytes_sent: 0,
+            in_flight: 0,
+            max_in_flight: 0,
             connections: 0,
         }));
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
@@ -129,6 +137,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The most POSTs this receiver was ever answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// How many TCP connections were accepted, whether or not they carried a request.
@@ -185,7 +198,14 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             }
             continue;
         }
-        if !answer(&mut stream, reply, &state).await {
+        {
+            let mut s = state.lock().unwrap();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        }
+        let open = answer(&mut stream, reply, &state).await;
+        state.lock().unwrap().in_flight -= 1;
+        if !open {
             return;
         }
     }
@@ -286,6 +306,16 @@ async fn answer(stream: &mut TcpStream, reply: Reply, state: &Arc<Mutex<State>>)
                 state.lock().unwrap().body_bytes_sent += n;
             }
             true
+        }
+        Reply::RawBody(body) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            let odd_header = b"x-raw: caf\xe9\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.is_ok()
+                && stream.write_all(odd_header).await.is_ok()
+                && stream.write_all(&body).await.is_ok()
         }
         Reply::CloseMidway => {
             let _ = stream.write_all(b"HTTP/1.1 20").await;

@@ -4,12 +4,12 @@
 //! SQLite allows one writer at a time, and a single writing connection turns lock waits
 //! into an orderly queue.
 
+use std::fs::File;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::DateTime;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -28,14 +28,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     writer_queue: writer::WriterQueue,
-}
-
-fn micros(at: Timestamp) -> i64 {
-    at.timestamp_micros()
-}
-
-fn from_micros(value: i64) -> Timestamp {
-    DateTime::from_timestamp_micros(value).unwrap_or_default()
+    /// Held for as long as the store is open: one process owns an SQLite data directory.
+    _lock: File,
 }
 
 fn opt_time(row: &SqliteRow, column: &str) -> Option<Timestamp> {
@@ -43,9 +37,14 @@ fn opt_time(row: &SqliteRow, column: &str) -> Option<Timestamp> {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+    /// Opens (or creates) the database `herald.db` in `data_dir`, after taking the
+    /// directory's lock file; a second process using the directory would corrupt the
+    /// queue's leases, so it is refused.
+    pub async fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
+        let lock = lock_data_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
         let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
+            .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -64,8 +63,26 @@ impl SqliteStore {
             writer,
             reader,
             writer_queue,
+            _lock: lock,
         })
     }
+}
+
+/// The database file's name inside the data directory.
+pub const DATABASE_FILE: &str = "herald.db";
+
+fn lock_data_dir(dir: &Path) -> StoreResult<File> {
+    let path = dir.join("herald.lock");
+    let file = File::create(&path).map_err(|err| {
+        StoreError::Unavailable(format!("cannot create {}: {err}", path.display()))
+    })?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "another herald process is using the data directory {}",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
 }
 
 const ENDPOINT_COLUMNS: &str = "e.id, e.name, e.url, e.enabled, e.ordering, e.secret, \
@@ -331,14 +348,6 @@ async fn raise_failing(
     Ok(())
 }
 
-fn describe_failure(attempt: &Attempt) -> String {
-    match (&attempt.error, attempt.status_code) {
-        (Some(error), _) => error.clone(),
-        (None, Some(status)) => format!("status {status}"),
-        (None, None) => "unknown failure".to_string(),
-    }
-}
-
 /// Records an alert with what an e-mail about it says, as it is now. For a recovery,
 /// `last` is the successful attempt, so it has a status and no error.
 async fn insert_alert(
@@ -564,17 +573,6 @@ async fn record_in(
         track_outage(conn, claimed, attempt, after).await?;
     }
     Ok(true)
-}
-
-fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let more = items.len() as i64 > limit;
-    items.truncate(limit.max(0) as usize);
-    let next_cursor = if more {
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
 }
 
 #[async_trait]
@@ -1176,7 +1174,9 @@ impl Store for SqliteStore {
         Ok(events.len() as u64)
     }
 
-    async fn release_all_leases(&self) -> StoreResult<u64> {
+    /// Every lease: the data directory's lock file proves that no other process is
+    /// using this database, so a lease can only be left by a process that died.
+    async fn release_orphaned_leases(&self) -> StoreResult<u64> {
         let released =
             sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
                 .execute(&self.writer)

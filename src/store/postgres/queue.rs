@@ -1,0 +1,422 @@
+//! The hot path on PostgreSQL: ingest, claims and attempt records, each run inside the
+//! group-committed transaction of [`super::super::batch`].
+//!
+//! Several processes share the queue. Two rules keep them from stepping on each other:
+//!
+//! - A claim first locks its endpoint's row (`FOR NO KEY UPDATE`), so claims for one
+//!   endpoint are made one at a time across all processes, and then refuses the endpoint
+//!   while any of its deliveries holds a live lease. So at most one lane per endpoint
+//!   is active anywhere, and per-endpoint order holds with many processes. The lock
+//!   mode lets ingest go on: inserting a delivery takes only a `KEY SHARE` lock on the
+//!   endpoint row, which `NO KEY UPDATE` does not block.
+//! - Recording an attempt takes the same endpoint lock first, before any delivery row,
+//!   so every transaction takes its locks in the order endpoint, then deliveries.
+
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::Row;
+
+use super::{delivery_from_row, endpoint_from_row, DELIVERY_COLUMNS, ENDPOINT_COLUMNS};
+use crate::clock::Timestamp;
+use crate::ids::new_id;
+use crate::model::{
+    AfterAttempt, AlertDetail, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering,
+};
+use crate::store::{
+    describe_failure, from_micros, micros, Accepted, ClaimRequest, Claimed, StoreError, StoreResult,
+};
+
+/// Stores an event and its deliveries. A concurrent insert of the same idempotency key
+/// by another process waits for that one to commit and is then answered as a replay.
+pub(super) async fn insert_event_in(
+    conn: &mut PgConnection,
+    event: &NewEvent,
+) -> StoreResult<Accepted> {
+    if let Some(earlier) = replay_idempotent(conn, event).await? {
+        return Ok(earlier);
+    }
+    let targets = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM event_types WHERE name = $1) AS known, \
+         ARRAY(SELECT s.endpoint_id FROM endpoint_events s \
+           JOIN endpoints e ON e.id = s.endpoint_id \
+           WHERE s.event_type = $1 AND e.enabled ORDER BY s.endpoint_id) AS endpoints",
+    )
+    .bind(&event.event_type)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !targets.get::<bool, _>("known") {
+        return Err(StoreError::UnknownEventType);
+    }
+
+    let endpoints: Vec<String> = targets.get("endpoints");
+    let ids: Vec<String> = endpoints.iter().map(|_| new_id("dlv")).collect();
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH ev AS ( \
+           INSERT INTO events (id, event_type, object_key, body, created_at, \
+             idempotency_key, request_hash, delivery_count) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+           ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+         d AS ( \
+           INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
+             status, test, created_at, next_attempt_at) \
+           SELECT x.id, ev.id, x.endpoint_id, $2, $3, 'pending', false, $5, $5 \
+           FROM unnest($9::text[], $10::text[]) AS x(id, endpoint_id) CROSS JOIN ev \
+           ORDER BY x.endpoint_id) \
+         SELECT count(*) FROM ev",
+    )
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(&event.object_key)
+    .bind(&event.body)
+    .bind(micros(event.accepted_at))
+    .bind(&event.idempotency_key)
+    .bind(&event.request_hash)
+    .bind(endpoints.len() as i64)
+    .bind(&ids)
+    .bind(&endpoints)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    if inserted == 0 {
+        // Another process stored the same idempotency key meanwhile, and has committed.
+        return replay_idempotent(conn, event)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("idempotency key vanished".to_string()));
+    }
+    Ok(Accepted {
+        event_id: event.id.clone(),
+        deliveries: endpoints.len() as i64,
+        replayed: false,
+    })
+}
+
+async fn replay_idempotent(
+    conn: &mut PgConnection,
+    event: &NewEvent,
+) -> StoreResult<Option<Accepted>> {
+    let Some(key) = &event.idempotency_key else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT id, request_hash, delivery_count FROM events WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if row.get::<String, _>("request_hash") != event.request_hash {
+        return Err(StoreError::IdempotencyMismatch);
+    }
+    Ok(Some(Accepted {
+        event_id: row.get("id"),
+        deliveries: row.get("delivery_count"),
+        replayed: true,
+    }))
+}
+
+/// Claims the endpoint's next due delivery, unless a lane anywhere holds a live lease
+/// on one of the endpoint's deliveries.
+pub(super) async fn claim_in(
+    conn: &mut PgConnection,
+    request: &ClaimRequest,
+) -> StoreResult<Option<Claimed>> {
+    // The lock serializes claims for this endpoint across processes; it is held until
+    // the batch commits, which is what makes the lease check below race-free.
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM endpoints e WHERE e.id = $1 FOR NO KEY UPDATE OF e"
+    );
+    let row = sqlx::query(&sql)
+        .bind(&request.endpoint_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(endpoint) = row.as_ref().map(endpoint_from_row) else {
+        return Ok(None);
+    };
+    if !endpoint.enabled {
+        return Ok(None);
+    }
+
+    // The candidate row is locked too (FOR UPDATE, not SKIP LOCKED: skipping a row that
+    // a resend is changing would send a later delivery first). The outer WHERE repeats
+    // the lease test because the subquery is evaluated once, before that lock is had.
+    let per_object = endpoint.ordering == Ordering::PerObject;
+    let sql = format!(
+        "UPDATE deliveries d SET lease_until = $3 FROM events v \
+         WHERE v.id = d.event_id AND d.status = 'pending' \
+         AND (d.lease_until IS NULL OR d.lease_until <= $2) AND d.seq = ( \
+           SELECT c.seq FROM deliveries c WHERE c.endpoint_id = $1 AND c.status = 'pending' \
+           AND c.next_attempt_at <= $2 AND (c.lease_until IS NULL OR c.lease_until <= $2) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries l WHERE l.endpoint_id = $1 \
+             AND l.status = 'pending' AND NOT l.test AND l.lease_until > $2) \
+           AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = $1 \
+             AND p.status = 'pending' AND p.object_key = c.object_key AND p.seq < c.seq)) \
+           ORDER BY c.seq LIMIT 1 FOR UPDATE OF c) \
+         RETURNING {DELIVERY_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(&request.endpoint_id)
+        .bind(micros(request.now))
+        .bind(micros(request.lease_until))
+        .bind(per_object)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|row| Claimed {
+        seq: row.get("seq"),
+        delivery: delivery_from_row(&row),
+        endpoint,
+    }))
+}
+
+/// Records an attempt; false when the delivery is gone (its endpoint was deleted).
+pub(super) async fn record_in(
+    conn: &mut PgConnection,
+    claimed: &Claimed,
+    attempt: &Attempt,
+    after: AfterAttempt,
+) -> StoreResult<bool> {
+    // First the endpoint row: the lock order every claim follows.
+    let at = micros(attempt.attempted_at);
+    sqlx::query("UPDATE endpoints SET last_triggered_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(&claimed.endpoint.id)
+        .execute(&mut *conn)
+        .await?;
+
+    let (status, next) = match after {
+        AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
+        AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
+        AfterAttempt::Failed => (DeliveryStatus::Failed, None),
+    };
+    // Only the first and the latest reply bodies are kept: a receiver that answers every
+    // retry with the same large error page must not fill the disk with copies of it.
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = true \
+         WHERE delivery_seq = $1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = $1)",
+    )
+    .bind(claimed.seq)
+    .execute(&mut *conn)
+    .await?;
+
+    let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
+    let stored: Option<i64> = sqlx::query_scalar(
+        "WITH d AS ( \
+           UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, \
+             first_attempt_at = coalesce(first_attempt_at, $3), last_attempt_at = $3, \
+             attempt_count = attempt_count + 1 WHERE seq = $4 RETURNING seq) \
+         INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
+           response_headers, response_body, response_truncated, error_kind, error) \
+         SELECT d.seq, $3, $5, $6, $7, $8, $9, $10, $11 FROM d RETURNING delivery_seq",
+    )
+    .bind(status.as_str())
+    .bind(next)
+    .bind(at)
+    .bind(claimed.seq)
+    .bind(attempt.duration_ms)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(without_nul(&headers))
+    .bind(attempt.response_body.as_deref().map(str::as_bytes))
+    .bind(attempt.response_truncated)
+    .bind(attempt.error_kind.map(|k| k.as_str()))
+    .bind(attempt.error.as_deref().map(without_nul))
+    .fetch_optional(&mut *conn)
+    .await?;
+    if stored.is_none() {
+        return Ok(false);
+    }
+    if !claimed.delivery.test {
+        track_outage(conn, claimed, attempt, after).await?;
+    }
+    Ok(true)
+}
+
+/// PostgreSQL refuses the NUL character in text. Text Herald writes itself can hold
+/// one only by quoting a receiver (an error naming a header, say); it is stored as the
+/// six characters `\u0000`, the way JSON would show it. Reply bodies are bytes instead,
+/// and keep their NULs.
+pub(super) fn without_nul(text: &str) -> String {
+    text.replace('\0', "\\u0000")
+}
+
+/// What an alert says about the endpoint's last failure.
+pub(super) struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: without_nul(&describe_failure(attempt)),
+        }
+    }
+}
+
+/// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
+async fn track_outage(
+    conn: &mut PgConnection,
+    claimed: &Claimed,
+    attempt: &Attempt,
+    after: AfterAttempt,
+) -> StoreResult<()> {
+    let endpoint_id = &claimed.endpoint.id;
+    let last = LastFailure::of(attempt);
+    if after == AfterAttempt::Succeeded {
+        let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "DELETE FROM endpoint_outages WHERE endpoint_id = $1 \
+             RETURNING failing_since, alerted_at",
+        )
+        .bind(endpoint_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((failing_since, Some(_))) = closed {
+            let since = from_micros(failing_since);
+            insert_alert(
+                conn,
+                AlertKind::EndpointRecovered,
+                endpoint_id,
+                &last,
+                since,
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+
+    sqlx::query(
+        "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+         VALUES ($1, $2, $3) \
+         ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
+    )
+    .bind(endpoint_id)
+    .bind(micros(last.at))
+    .bind(&last.error)
+    .execute(&mut *conn)
+    .await?;
+    if after == AfterAttempt::Failed {
+        raise_failing(conn, endpoint_id, &last).await?;
+    }
+    Ok(())
+}
+
+/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
+async fn raise_failing(
+    conn: &mut PgConnection,
+    endpoint_id: &str,
+    last: &LastFailure,
+) -> StoreResult<()> {
+    let newly_alerted: Option<i64> = sqlx::query_scalar(
+        "UPDATE endpoint_outages SET alerted_at = $1 \
+         WHERE endpoint_id = $2 AND alerted_at IS NULL RETURNING failing_since",
+    )
+    .bind(micros(last.at))
+    .bind(endpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(failing_since) = newly_alerted {
+        let since = from_micros(failing_since);
+        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
+    }
+    Ok(())
+}
+
+/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
+/// `last` is the successful attempt, so it has a status and no error.
+async fn insert_alert(
+    conn: &mut PgConnection,
+    kind: AlertKind,
+    endpoint_id: &str,
+    last: &LastFailure,
+    failing_since: Timestamp,
+) -> StoreResult<()> {
+    let facts: PgRow = sqlx::query(
+        "SELECT e.name, e.url, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
+           AS failed, \
+         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
+           AS pending \
+         FROM endpoints e WHERE e.id = $1",
+    )
+    .bind(endpoint_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let detail = AlertDetail {
+        endpoint_name: facts.get("name"),
+        endpoint_url: facts.get("url"),
+        failing_since: Some(failing_since),
+        failed_deliveries: facts.get("failed"),
+        pending_deliveries: facts.get("pending"),
+        last_status: last.status,
+        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
+        at: last.at,
+    };
+    let detail = serde_json::to_string(&detail).expect("alert detail serializes");
+    sqlx::query(
+        "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(new_id("alr"))
+    .bind(kind.as_str())
+    .bind(endpoint_id)
+    .bind(micros(last.at))
+    .bind(without_nul(&detail))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Fails every pending, unclaimed delivery whose retry window ended while it waited,
+/// and raises each endpoint's failing alert as an attempt would. The endpoints are
+/// locked first, in id order, like every claim, so this never deadlocks with a batch.
+pub(super) async fn expire_overdue(
+    pool: &PgPool,
+    cutoff: Timestamp,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT e.id FROM endpoints e WHERE EXISTS (SELECT 1 FROM deliveries d \
+           WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.first_attempt_at < $1 \
+           AND (d.lease_until IS NULL OR d.lease_until <= $2)) \
+         ORDER BY e.id FOR NO KEY UPDATE OF e",
+    )
+    .bind(micros(cutoff))
+    .bind(micros(now))
+    .fetch_all(&mut *tx)
+    .await?;
+    let expired = sqlx::query(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
+         WHERE status = 'pending' AND first_attempt_at < $1 \
+         AND (lease_until IS NULL OR lease_until <= $2) AND endpoint_id = ANY($3)",
+    )
+    .bind(micros(cutoff))
+    .bind(micros(now))
+    .bind(&endpoints)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    for endpoint_id in &endpoints {
+        let last_error: Option<String> = sqlx::query_scalar(
+            "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
+             VALUES ($1, $2, 'retry window ended') \
+             ON CONFLICT (endpoint_id) DO UPDATE SET last_error = endpoint_outages.last_error \
+             RETURNING last_error",
+        )
+        .bind(endpoint_id)
+        .bind(micros(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let last = LastFailure {
+            at: now,
+            status: None,
+            error: last_error.unwrap_or_else(|| "retry window ended".to_string()),
+        };
+        raise_failing(&mut tx, endpoint_id, &last).await?;
+    }
+    tx.commit().await?;
+    Ok(expired)
+}
