@@ -415,6 +415,7 @@ async fn a_slow_endpoint_with_a_backlog_still_gets_its_events_in_order() {
     let server = TestServer::start_with(Options {
         manual_clock: false,
         configure: Box::new(|s| s.delivery.attempt_timeout = Duration::from_millis(300)),
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::answering(Reply::Delayed(Duration::from_millis(20), 200)).await;
