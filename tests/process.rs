@@ -99,9 +99,11 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
         }
         // On PostgreSQL a restart releases no lease (other processes could hold them),
         // so the attempts in flight at the kill wait for their leases to run out: the
-        // attempt timeout (5 s) plus the engine's 30 s margin.
+        // attempt timeout (5 s) plus the engine's 30 s margin. PostgreSQL also claims
+        // one delivery per transaction, which is slow on a busy two-core machine; this
+        // test is about losing nothing, and speed is measured by the benchmark.
         let bound = match common::on_postgres() {
-            true => Duration::from_secs(120),
+            true => Duration::from_secs(300),
             false => Duration::from_secs(60),
         };
         assert!(

@@ -415,7 +415,15 @@ pub(super) async fn expire_overdue(
             status: None,
             error: last_error.unwrap_or_else(|| "retry window ended".to_string()),
         };
-        raise_failing(&mut tx, endpoint_id, &last).await?;
+        // An endpoint someone disabled is not failing: nobody is alerted about it.
+        let enabled: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM endpoints WHERE id = $1")
+                .bind(endpoint_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if enabled == Some(true) {
+            raise_failing(&mut tx, endpoint_id, &last).await?;
+        }
     }
     tx.commit().await?;
     Ok(expired)
