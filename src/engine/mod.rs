@@ -302,8 +302,22 @@ impl Engine {
             all_succeeded: true,
         };
         let mut recording: Option<tokio::task::JoinHandle<Result<RecordedMany, StoreError>>> = None;
-        for claimed in batch {
-            if cancel.is_cancelled() || self.clock.now() > last_start {
+        let mut batch = batch.into_iter();
+        while let Some(claimed) = batch.next() {
+            if cancel.is_cancelled() {
+                // Shutting down: what is left is handed back at once, so that another
+                // process sharing the store need not wait for the leases to run out.
+                let left: Vec<i64> = std::iter::once(claimed)
+                    .chain(batch)
+                    .map(|c| c.seq)
+                    .collect();
+                if let Err(err) = self.store.release_claims(&left).await {
+                    warn!(cause = %err, "cannot hand back claims; they wait for their leases");
+                }
+                run.go_on = false;
+                break;
+            }
+            if self.clock.now() > last_start {
                 // What is left keeps its lease until it runs out, so nothing overtakes it.
                 run.go_on = false;
                 break;

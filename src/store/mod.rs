@@ -365,6 +365,10 @@ pub trait Store: Send + Sync + 'static {
     /// may be in the middle of an attempt; its leases run out by themselves.
     async fn release_orphaned_leases(&self) -> StoreResult<u64>;
 
+    /// Releases the leases of claimed deliveries that were not attempted (the engine is
+    /// shutting down), so that they are due again at once.
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()>;
+
     /// Wake-ups for work that other processes committed, such as events they accepted.
     /// `None` for a store that only this process writes: its own API wakes its engine.
     fn wakeups(&self) -> Option<watch::Receiver<()>> {

@@ -1152,6 +1152,18 @@ impl Store for SqliteStore {
         Ok(events.len() as u64)
     }
 
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        let seqs = serde_json::to_string(seqs).expect("numbers serialize");
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL \
+             WHERE seq IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+        )
+        .bind(seqs)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Every lease: the data directory's lock file proves that no other process is
     /// using this database, so a lease can only be left by a process that died.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
