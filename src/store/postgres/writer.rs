@@ -86,7 +86,7 @@ enum Done {
         oneshot::Sender<StoreResult<Vec<Claimed>>>,
     ),
     Record(
-        StoreResult<Recorded>,
+        Box<StoreResult<Recorded>>,
         oneshot::Sender<StoreResult<Recorded>>,
     ),
 }
@@ -110,7 +110,7 @@ impl Done {
         let _ = match self {
             Done::Insert(result, reply) => reply.send(result).map_err(drop),
             Done::Claim(result, reply) => reply.send(result).map_err(drop),
-            Done::Record(result, reply) => reply.send(result).map_err(drop),
+            Done::Record(result, reply) => reply.send(*result).map_err(drop),
         };
     }
 
@@ -130,7 +130,9 @@ impl Job {
             Job::Claim(request, limit, reply) => {
                 Done::Claim(W::claim(conn, &request, limit).await, reply)
             }
-            Job::Record(job, reply) => Done::Record(record_and_claim::<W>(conn, *job).await, reply),
+            Job::Record(job, reply) => {
+                Done::Record(Box::new(record_and_claim::<W>(conn, *job).await), reply)
+            }
         }
     }
 
@@ -139,7 +141,7 @@ impl Job {
         match self {
             Job::Insert(_, reply) => Done::Insert(unavailable(why), reply),
             Job::Claim(_, _, reply) => Done::Claim(unavailable(why), reply),
-            Job::Record(_, reply) => Done::Record(unavailable(why), reply),
+            Job::Record(_, reply) => Done::Record(Box::new(unavailable(why)), reply),
         }
     }
 
