@@ -352,6 +352,10 @@ fn validate(s: &Settings) -> anyhow::Result<()> {
         "attempt-timeout must be more than 0"
     );
     anyhow::ensure!(
+        s.retention >= Duration::from_secs(3600),
+        "retention must be at least 1h"
+    );
+    anyhow::ensure!(
         d.down_endpoint_rate > 0,
         "down-endpoint-rate must be more than 0"
     );

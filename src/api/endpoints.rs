@@ -310,6 +310,7 @@ pub async fn update(
         .update_endpoint(id, &fields, state.clock.now())
         .await
         .map_err(not_found(id))?;
+    state.engine.endpoint_changed(id);
     if endpoint.enabled {
         state.engine.wake();
     }
@@ -321,7 +322,13 @@ pub async fn get(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
 }
 
 pub async fn delete(state: &AppState, id: &str) -> Result<(), ApiError> {
-    state.store.delete_endpoint(id).await.map_err(not_found(id))
+    state
+        .store
+        .delete_endpoint(id)
+        .await
+        .map_err(not_found(id))?;
+    state.engine.endpoint_changed(id);
+    Ok(())
 }
 
 /// Sends a test webhook to the endpoint now and reports the attempt.

@@ -1,9 +1,10 @@
 //! The delivery engine: finds due deliveries, attempts them, records the outcome.
 //!
 //! A scheduler task asks the store which endpoints have due deliveries and starts one
-//! lane per endpoint. A lane claims that endpoint's deliveries one at a time, in
-//! accepted order, so an answering endpoint sees its events in order and one slow
-//! endpoint holds up only its own lane. The store is the queue; the engine keeps only
+//! lane per endpoint. A lane claims that endpoint's due deliveries in accepted order, in
+//! batches that grow while the endpoint answers, and sends them one at a time, so an
+//! answering endpoint sees its events in order and one slow endpoint holds up only its
+//! own lane. The store is the queue; the engine keeps only
 //! the set of running lanes in memory. The engine never answers an HTTP request and
 //! never holds a database transaction across an attempt.
 
@@ -68,6 +69,8 @@ pub struct Engine {
     lanes: Mutex<HashSet<String>>,
     pacing: pacing::Pacing,
     next_sweep: Mutex<Option<Timestamp>>,
+    /// Endpoints changed or deleted since their lane last claimed.
+    changed: Mutex<HashSet<String>>,
     secrets: Arc<SecretBox>,
     tracker: TaskTracker,
 }
@@ -93,6 +96,7 @@ impl Engine {
             wake: Notify::new(),
             lanes: Mutex::new(HashSet::new()),
             next_sweep: Mutex::new(None),
+            changed: Mutex::new(HashSet::new()),
             secrets,
             tracker: TaskTracker::new(),
         })
@@ -262,6 +266,10 @@ impl Engine {
         let turn = tokio::time::Instant::now();
         let mut size = 1;
         loop {
+            self.changed
+                .lock()
+                .expect("changed lock")
+                .remove(endpoint_id);
             let request = self.claim_request(endpoint_id);
             let lease_until = request.lease_until;
             let batch = self.store.claim_many(request, size).await?;
@@ -269,6 +277,10 @@ impl Engine {
                 return Ok(LaneEnd::Drained);
             }
             let run = self.attempt_batch(batch, lease_until, cancel).await?;
+            if !run.left_over.is_empty() {
+                // Given back so they are due again at once and nothing overtakes them.
+                self.store.release_claims(&run.left_over).await?;
+            }
             if !run.go_on || cancel.is_cancelled() {
                 return Ok(LaneEnd::Drained);
             }
@@ -283,13 +295,23 @@ impl Engine {
         }
     }
 
+    /// Tells lanes that an endpoint was changed or deleted, so a lane in the middle of a
+    /// batch stops and claims again with what the endpoint is now.
+    pub fn endpoint_changed(&self, endpoint_id: &str) {
+        self.changed
+            .lock()
+            .expect("changed lock")
+            .insert(endpoint_id.to_string());
+    }
+
     /// Attempts a lane's claimed deliveries one after the other, in order, recording
     /// each outcome while the next attempt is on the wire. It waits for one record to be
     /// committed before starting the next but one, so at any moment at most two of an
     /// endpoint's attempts are unsettled: the one on the wire and the one being
     /// recorded. Those two are what a crash can send twice. Stops early when the
-    /// endpoint turns out to be down, when shutting down, or when an attempt could no
-    /// longer end before the claim's lease does.
+    /// endpoint turns out to be down or was changed, when shutting down, or when an
+    /// attempt could no longer end before the claim's lease does; what it did not
+    /// attempt is handed back in `left_over`.
     async fn attempt_batch(
         &self,
         batch: Vec<Claimed>,
@@ -300,30 +322,24 @@ impl Engine {
         let mut run = BatchRun {
             go_on: true,
             all_succeeded: true,
+            left_over: Vec::new(),
         };
         let mut recording: Option<tokio::task::JoinHandle<Result<RecordedMany, StoreError>>> = None;
         let mut batch = batch.into_iter();
-        while let Some(claimed) = batch.next() {
-            if cancel.is_cancelled() {
-                // Shutting down: what is left is handed back at once, so that another
-                // process sharing the store need not wait for the leases to run out.
-                let left: Vec<i64> = std::iter::once(claimed)
-                    .chain(batch)
-                    .map(|c| c.seq)
-                    .collect();
-                if let Err(err) = self.store.release_claims(&left).await {
-                    warn!(cause = %err, "cannot hand back claims; they wait for their leases");
-                }
-                run.go_on = false;
-                break;
-            }
-            if self.clock.now() > last_start {
-                // What is left keeps its lease until it runs out, so nothing overtakes it.
-                run.go_on = false;
+        for claimed in batch.by_ref() {
+            let changed = self
+                .changed
+                .lock()
+                .expect("changed lock")
+                .contains(&claimed.endpoint.id);
+            if changed || cancel.is_cancelled() || self.clock.now() > last_start {
+                run.go_on = changed && !cancel.is_cancelled();
+                run.left_over.push(claimed.seq);
                 break;
             }
             let outcome = self.attempt_one(claimed).await?;
             let succeeded = outcome.attempt.succeeded();
+            let gone = outcome.attempt.status_code == Some(410);
             run.all_succeeded &= succeeded;
             let pace_ok = self.pacing.record(
                 &outcome.claimed.endpoint.id,
@@ -338,11 +354,12 @@ impl Engine {
             recording = Some(tokio::spawn(async move {
                 store.record_many(vec![outcome], None).await
             }));
-            if !pace_ok {
+            if !pace_ok || gone {
                 run.go_on = false;
                 break;
             }
         }
+        run.left_over.extend(batch.map(|claimed| claimed.seq));
         if let Some(last) = recording {
             settle(last).await?;
         }
@@ -592,6 +609,8 @@ async fn settle(
 
 /// What a lane did with one batch of claims.
 struct BatchRun {
+    /// Claims not attempted, to give back.
+    left_over: Vec<i64>,
     /// Whether the lane may claim more right away.
     go_on: bool,
     all_succeeded: bool,

@@ -315,6 +315,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.claim_next(request).await?.into_iter().collect())
     }
 
+    /// Gives back claims that a lane will not attempt, so they are due again at once
+    /// and nothing overtakes them. A store whose claims are single has none to give.
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        let _ = seqs;
+        Ok(())
+    }
+
     /// Records several attempts and makes the lane's next claim of up to `limit`
     /// deliveries. A store that cannot batch records them one by one.
     async fn record_many(
@@ -364,10 +371,6 @@ pub trait Store: Send + Sync + 'static {
     /// owner is gone. On a shared store (PostgreSQL) it is none, because another process
     /// may be in the middle of an attempt; its leases run out by themselves.
     async fn release_orphaned_leases(&self) -> StoreResult<u64>;
-
-    /// Releases the leases of claimed deliveries that were not attempted (the engine is
-    /// shutting down), so that they are due again at once.
-    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()>;
 
     /// Wake-ups for work that other processes committed, such as events they accepted.
     /// `None` for a store that only this process writes: its own API wakes its engine.

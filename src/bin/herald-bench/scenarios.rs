@@ -45,6 +45,7 @@ impl Sizes {
             },
         };
         sizes.backlog = args.backlog.unwrap_or(sizes.backlog);
+        sizes.burst = args.burst.unwrap_or(sizes.burst);
         sizes
     }
 }
@@ -100,7 +101,7 @@ async fn run_ceiling(sizes: &Sizes) -> f64 {
 }
 
 async fn run_ingest(args: &Args, sizes: &Sizes, ceiling: Option<f64>) -> anyhow::Result<()> {
-    let herald = Herald::start(&args.herald, args.database_url.as_deref(), &[]).await?;
+    let herald = Herald::start(args.herald(), args.database_url.as_deref(), &[]).await?;
     let url = receiver::start_fast(Arrivals::default()).await;
     herald.endpoint(&url, FAST_EVENT).await?;
     let (accepted, elapsed) =
@@ -183,7 +184,7 @@ async fn burst_to(
     endpoints: usize,
     extra: &[&str],
 ) -> anyhow::Result<(BurstFigures, Herald)> {
-    let herald = Herald::start(&args.herald, args.database_url.as_deref(), extra).await?;
+    let herald = Herald::start(args.herald(), args.database_url.as_deref(), extra).await?;
     let figures = burst_on(&herald, sizes, endpoints).await?;
     Ok((figures, herald))
 }
@@ -220,7 +221,7 @@ async fn burst_on(
 }
 
 async fn run_steady(args: &Args, sizes: &Sizes) -> anyhow::Result<f64> {
-    let herald = Herald::start(&args.herald, args.database_url.as_deref(), &[]).await?;
+    let herald = Herald::start(args.herald(), args.database_url.as_deref(), &[]).await?;
     let arrivals = Arrivals::default();
     let url = receiver::start_fast(arrivals.clone()).await;
     herald.endpoint(&url, FAST_EVENT).await?;
@@ -241,7 +242,7 @@ async fn run_steady(args: &Args, sizes: &Sizes) -> anyhow::Result<f64> {
 
 async fn run_isolation(args: &Args, sizes: &Sizes, steady_p99: Option<f64>) -> anyhow::Result<()> {
     let herald = Herald::start(
-        &args.herald,
+        args.herald(),
         args.database_url.as_deref(),
         &["--attempt-timeout", "30s"],
     )
@@ -264,7 +265,7 @@ async fn run_isolation(args: &Args, sizes: &Sizes, steady_p99: Option<f64>) -> a
 }
 
 async fn run_backlog(args: &Args, sizes: &Sizes, empty_rate: Option<f64>) -> anyhow::Result<()> {
-    let herald = Herald::start(&args.herald, args.database_url.as_deref(), &[]).await?;
+    let herald = Herald::start(args.herald(), args.database_url.as_deref(), &[]).await?;
     let dead = closed_port_url()?;
     herald.endpoint(&dead, DEAD_EVENT).await?;
     let filled = Instant::now();

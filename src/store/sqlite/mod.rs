@@ -1,6 +1,8 @@
-//! The embedded store: SQLite in WAL mode with full syncs, so a commit survives a power
-//! cut. One connection writes and several read; SQLite allows one writer at a time,
-//! and a single writing connection turns lock waits into an orderly queue.
+//! The embedded store: SQLite in WAL mode. Every commit that acknowledges something is
+//! fully synced, so it survives a power cut; claims and attempt records reach the disk
+//! with the next synced commit (see `writer`). One connection writes and several read;
+//! SQLite allows one writer at a time, and a single writing connection turns lock waits
+//! into an orderly queue.
 
 use std::fs::File;
 use std::path::Path;
@@ -1053,6 +1055,18 @@ impl Store for SqliteStore {
         self.writer_queue.claim(request, limit).await
     }
 
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        let list = serde_json::to_string(seqs).expect("numbers serialize");
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL \
+             WHERE seq IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+        )
+        .bind(list)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     async fn record_many(
         &self,
         outcomes: Vec<AttemptOutcome>,
@@ -1120,7 +1134,15 @@ impl Store for SqliteStore {
             .bind(&last.error)
             .execute(&mut *tx)
             .await?;
-            raise_failing(&mut tx, &endpoint_id, &last).await?;
+            // An endpoint someone disabled is not failing: nobody is alerted about it.
+            let enabled: Option<bool> =
+                sqlx::query_scalar("SELECT enabled FROM endpoints WHERE id = ?")
+                    .bind(&endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if enabled == Some(true) {
+                raise_failing(&mut tx, &endpoint_id, &last).await?;
+            }
         }
         tx.commit().await?;
         Ok(expired)
@@ -1150,18 +1172,6 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(events.len() as u64)
-    }
-
-    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
-        let seqs = serde_json::to_string(seqs).expect("numbers serialize");
-        sqlx::query(
-            "UPDATE deliveries SET lease_until = NULL \
-             WHERE seq IN (SELECT value FROM json_each(?)) AND status = 'pending'",
-        )
-        .bind(seqs)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
     }
 
     /// Every lease: the data directory's lock file proves that no other process is

@@ -179,13 +179,20 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
                 continue;
             }
         };
-        if let Err(batch) = commit_together(&mut conn, batch).await {
+        let mut unsure = false;
+        if let Err(batch) = commit_together(&mut conn, batch, &mut unsure).await {
             // One job broke the batch; each job gets a transaction of its own.
             for job in batch {
-                if let Err(rest) = commit_together(&mut conn, vec![job]).await {
+                if let Err(rest) = commit_together(&mut conn, vec![job], &mut unsure).await {
                     fail_all(rest.into_iter().map(|(_, reply)| reply), "database error");
                 }
             }
+        }
+        if unsure {
+            // A connection whose sync setting could not be restored is not reused: a new
+            // one starts with full syncs.
+            warn!("cannot restore full syncs on the writing connection; replacing it");
+            conn.close_on_drop();
         }
     }
 }
@@ -197,6 +204,7 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
 async fn commit_together(
     conn: &mut SqliteConnection,
     batch: Vec<(Job, Reply)>,
+    unsure: &mut bool,
 ) -> Result<(), Vec<(Job, Reply)>> {
     // Only an acknowledgement needs a full sync before it is given: a claim or an
     // attempt record lost to a power cut means that delivery is sent once more, which
@@ -209,7 +217,7 @@ async fn commit_together(
     let result = run_in_transaction(conn, batch).await;
     if !acknowledges {
         // Every other write on this connection acknowledges something.
-        let _ = exec(conn, "PRAGMA synchronous = FULL").await;
+        *unsure |= exec(conn, "PRAGMA synchronous = FULL").await.is_err();
     }
     result
 }
