@@ -57,7 +57,17 @@ async fn sigkill_mid_delivery_loses_no_acknowledged_event() {
             }
         }));
     }
+    let started = Instant::now();
     while receiver.posts().len() < 2000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "only {} of 2000 webhooks arrived before the kill",
+            receiver.posts().len()
+        );
+        assert!(
+            herald.child.try_wait().unwrap().is_none(),
+            "herald exited before the kill; see its log in the data directory"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     herald.signal("-KILL");

@@ -202,8 +202,12 @@ impl BatchWrites for PostgresWrites {
         queue::insert_event_in(conn, event).await
     }
 
-    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>> {
-        queue::claim_in(conn, request).await
+    async fn claim(
+        conn: &mut Self::Conn,
+        request: &ClaimRequest,
+        limit: usize,
+    ) -> StoreResult<Vec<Claimed>> {
+        queue::claim_in(conn, request, limit).await
     }
 
     async fn record(
@@ -762,7 +766,13 @@ impl Store for PostgresStore {
     }
 
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
-        self.writer_queue.claim(request).await
+        Ok(self.writer_queue.claim(request, 1).await?.pop())
+    }
+
+    /// Several deliveries under one lease: while any of them is unsettled the endpoint
+    /// has a live lease, so no other process starts a lane for it.
+    async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
+        self.writer_queue.claim(request, limit).await
     }
 
     async fn record_attempt(
@@ -811,6 +821,16 @@ impl Store for PostgresStore {
     /// themselves (the attempt timeout plus a margin) and are then claimed again.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
         Ok(0)
+    }
+
+    async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL WHERE seq = ANY($1) AND status = 'pending'",
+        )
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     fn wakeups(&self) -> Option<watch::Receiver<()>> {

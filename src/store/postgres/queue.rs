@@ -115,12 +115,13 @@ async fn replay_idempotent(
     }))
 }
 
-/// Claims the endpoint's next due delivery, unless a lane anywhere holds a live lease
-/// on one of the endpoint's deliveries.
+/// Claims up to `limit` of the endpoint's due deliveries in accepted order, unless a
+/// lane anywhere holds a live lease on one of the endpoint's deliveries.
 pub(super) async fn claim_in(
     conn: &mut PgConnection,
     request: &ClaimRequest,
-) -> StoreResult<Option<Claimed>> {
+    limit: usize,
+) -> StoreResult<Vec<Claimed>> {
     // The lock serializes claims for this endpoint across processes; it is held until
     // the batch commits, which is what makes the lease check below race-free.
     let sql = format!(
@@ -131,41 +132,47 @@ pub(super) async fn claim_in(
         .fetch_optional(&mut *conn)
         .await?;
     let Some(endpoint) = row.as_ref().map(endpoint_from_row) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     if !endpoint.enabled {
-        return Ok(None);
+        return Ok(Vec::new());
     }
 
-    // The candidate row is locked too (FOR UPDATE, not SKIP LOCKED: skipping a row that
+    // The candidate rows are locked too (FOR UPDATE, not SKIP LOCKED: skipping a row that
     // a resend is changing would send a later delivery first). The outer WHERE repeats
-    // the lease test because the subquery is evaluated once, before that lock is had.
+    // the lease test because the subquery is evaluated once, before those locks are had.
     let per_object = endpoint.ordering == Ordering::PerObject;
     let sql = format!(
         "UPDATE deliveries d SET lease_until = $3 FROM events v \
          WHERE v.id = d.event_id AND d.status = 'pending' \
-         AND (d.lease_until IS NULL OR d.lease_until <= $2) AND d.seq = ( \
+         AND (d.lease_until IS NULL OR d.lease_until <= $2) AND d.seq IN ( \
            SELECT c.seq FROM deliveries c WHERE c.endpoint_id = $1 AND c.status = 'pending' \
            AND c.next_attempt_at <= $2 AND (c.lease_until IS NULL OR c.lease_until <= $2) \
            AND NOT EXISTS (SELECT 1 FROM deliveries l WHERE l.endpoint_id = $1 \
              AND l.status = 'pending' AND NOT l.test AND l.lease_until > $2) \
            AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = $1 \
              AND p.status = 'pending' AND p.object_key = c.object_key AND p.seq < c.seq)) \
-           ORDER BY c.seq LIMIT 1 FOR UPDATE OF c) \
+           ORDER BY c.seq LIMIT $5 FOR UPDATE OF c) \
          RETURNING {DELIVERY_COLUMNS}"
     );
-    let row = sqlx::query(&sql)
+    let rows = sqlx::query(&sql)
         .bind(&request.endpoint_id)
         .bind(micros(request.now))
         .bind(micros(request.lease_until))
         .bind(per_object)
-        .fetch_optional(&mut *conn)
+        .bind(limit.max(1) as i64)
+        .fetch_all(&mut *conn)
         .await?;
-    Ok(row.map(|row| Claimed {
-        seq: row.get("seq"),
-        delivery: delivery_from_row(&row),
-        endpoint,
-    }))
+    let mut claimed: Vec<Claimed> = rows
+        .iter()
+        .map(|row| Claimed {
+            seq: row.get("seq"),
+            delivery: delivery_from_row(row),
+            endpoint: endpoint.clone(),
+        })
+        .collect();
+    claimed.sort_by_key(|c| c.seq);
+    Ok(claimed)
 }
 
 /// Records an attempt; false when the delivery is gone (its endpoint was deleted).

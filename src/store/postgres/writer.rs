@@ -38,7 +38,12 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
     /// at once, separated by `;`).
     async fn exec(conn: &mut Self::Conn, sql: &'static str) -> StoreResult<()>;
     async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted>;
-    async fn claim(conn: &mut Self::Conn, request: &ClaimRequest) -> StoreResult<Option<Claimed>>;
+    /// Claims up to `limit` of the endpoint's due deliveries, in order.
+    async fn claim(
+        conn: &mut Self::Conn,
+        request: &ClaimRequest,
+        limit: usize,
+    ) -> StoreResult<Vec<Claimed>>;
     /// Records an attempt; false when the delivery no longer exists.
     async fn record(
         conn: &mut Self::Conn,
@@ -55,7 +60,11 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
 
 enum Job {
     Insert(NewEvent, oneshot::Sender<StoreResult<Accepted>>),
-    Claim(ClaimRequest, oneshot::Sender<StoreResult<Option<Claimed>>>),
+    Claim(
+        ClaimRequest,
+        usize,
+        oneshot::Sender<StoreResult<Vec<Claimed>>>,
+    ),
     Record(Box<RecordJob>, oneshot::Sender<StoreResult<Recorded>>),
 }
 
@@ -73,11 +82,11 @@ enum Done {
         oneshot::Sender<StoreResult<Accepted>>,
     ),
     Claim(
-        StoreResult<Option<Claimed>>,
-        oneshot::Sender<StoreResult<Option<Claimed>>>,
+        StoreResult<Vec<Claimed>>,
+        oneshot::Sender<StoreResult<Vec<Claimed>>>,
     ),
     Record(
-        StoreResult<Recorded>,
+        Box<StoreResult<Recorded>>,
         oneshot::Sender<StoreResult<Recorded>>,
     ),
 }
@@ -101,7 +110,7 @@ impl Done {
         let _ = match self {
             Done::Insert(result, reply) => reply.send(result).map_err(drop),
             Done::Claim(result, reply) => reply.send(result).map_err(drop),
-            Done::Record(result, reply) => reply.send(result).map_err(drop),
+            Done::Record(result, reply) => reply.send(*result).map_err(drop),
         };
     }
 
@@ -118,8 +127,12 @@ impl Job {
     async fn run<W: BatchWrites>(self, conn: &mut W::Conn) -> Done {
         match self {
             Job::Insert(event, reply) => Done::Insert(W::insert_event(conn, &event).await, reply),
-            Job::Claim(request, reply) => Done::Claim(W::claim(conn, &request).await, reply),
-            Job::Record(job, reply) => Done::Record(record_and_claim::<W>(conn, *job).await, reply),
+            Job::Claim(request, limit, reply) => {
+                Done::Claim(W::claim(conn, &request, limit).await, reply)
+            }
+            Job::Record(job, reply) => {
+                Done::Record(Box::new(record_and_claim::<W>(conn, *job).await), reply)
+            }
         }
     }
 
@@ -127,8 +140,8 @@ impl Job {
     fn not_run(self, why: &str) -> Done {
         match self {
             Job::Insert(_, reply) => Done::Insert(unavailable(why), reply),
-            Job::Claim(_, reply) => Done::Claim(unavailable(why), reply),
-            Job::Record(_, reply) => Done::Record(unavailable(why), reply),
+            Job::Claim(_, _, reply) => Done::Claim(unavailable(why), reply),
+            Job::Record(_, reply) => Done::Record(Box::new(unavailable(why)), reply),
         }
     }
 
@@ -139,7 +152,7 @@ impl Job {
     /// reason with the key's unique index.
     fn lock_order(&self) -> (u8, &str) {
         match self {
-            Job::Claim(request, _) => (0, &request.endpoint_id),
+            Job::Claim(request, _, _) => (0, &request.endpoint_id),
             Job::Record(job, _) => (0, &job.claimed.endpoint.id),
             Job::Insert(event, _) => (1, event.idempotency_key.as_deref().unwrap_or("")),
         }
@@ -156,7 +169,7 @@ async fn record_and_claim<W: BatchWrites>(
 ) -> StoreResult<Recorded> {
     let stored = W::record(conn, &job.claimed, &job.attempt, job.after).await?;
     let next = match &job.then_claim {
-        Some(request) => W::claim(conn, request).await?,
+        Some(request) => W::claim(conn, request, 1).await?.pop(),
         None => None,
     };
     Ok(Recorded { stored, next })
@@ -188,8 +201,12 @@ impl WriterQueue {
         self.submit(|reply| Job::Insert(event, reply)).await
     }
 
-    pub(super) async fn claim(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
-        self.submit(|reply| Job::Claim(request, reply)).await
+    pub(super) async fn claim(
+        &self,
+        request: ClaimRequest,
+        limit: usize,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.submit(|reply| Job::Claim(request, limit, reply)).await
     }
 
     pub(super) async fn record(
