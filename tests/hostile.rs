@@ -10,14 +10,8 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_down_endpoint_is_not_flooded_and_drains_in_order_when_it_answers() {
-    // FIXME: SQLite only for now. On PostgreSQL the paced attempt after each pause comes
-    // about ten seconds (real time) after the clock is moved instead of at once, so the
-    // test's waits run out; the cause, somewhere between the engine's pacing and the
-    // shared store's claims, is not found yet. Pacing itself works on PostgreSQL (the
-    // endpoint is not flooded); it is the prompt resumption that is not shown.
     let server = TestServer::start_with(Options {
         manual_clock: true,
-        sqlite_only: true,
         ..Options::default()
     })
     .await;

@@ -276,6 +276,12 @@ impl Engine {
             if batch.is_empty() {
                 return Ok(LaneEnd::Drained);
             }
+            debug!(
+                first = batch[0].seq,
+                last = batch[batch.len() - 1].seq,
+                count = batch.len(),
+                "claimed"
+            );
             let run = self.attempt_batch(batch, lease_until, cancel).await?;
             if !run.left_over.is_empty() {
                 // Given back so they are due again at once and nothing overtakes them.

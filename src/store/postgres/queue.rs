@@ -138,14 +138,16 @@ pub(super) async fn claim_in(
         return Ok(Vec::new());
     }
 
-    // The candidate rows are locked too (FOR UPDATE, not SKIP LOCKED: skipping a row that
-    // a resend is changing would send a later delivery first). The outer WHERE repeats
-    // the lease test because the subquery is evaluated once, before those locks are had.
+    // The picked rows are locked too (FOR UPDATE, not SKIP LOCKED: skipping a row that
+    // a resend is changing would send a later delivery first). The pick is a
+    // materialized CTE so that it runs exactly once: as a sub-select of the UPDATE, the
+    // planner may run it again for each row, and each run, no longer seeing the rows
+    // this statement already leased, picks later ones, so a claim could skip a due
+    // delivery and send the ones after it first. The UPDATE repeats the lease test
+    // because the pick reads its snapshot before it has the locks.
     let per_object = endpoint.ordering == Ordering::PerObject;
     let sql = format!(
-        "UPDATE deliveries d SET lease_until = $3 FROM events v \
-         WHERE v.id = d.event_id AND d.status = 'pending' \
-         AND (d.lease_until IS NULL OR d.lease_until <= $2) AND d.seq IN ( \
+        "WITH picked AS MATERIALIZED ( \
            SELECT c.seq FROM deliveries c WHERE c.endpoint_id = $1 AND c.status = 'pending' \
            AND c.next_attempt_at <= $2 AND (c.lease_until IS NULL OR c.lease_until <= $2) \
            AND NOT EXISTS (SELECT 1 FROM deliveries l WHERE l.endpoint_id = $1 \
@@ -153,6 +155,9 @@ pub(super) async fn claim_in(
            AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = $1 \
              AND p.status = 'pending' AND p.object_key = c.object_key AND p.seq < c.seq)) \
            ORDER BY c.seq LIMIT $5 FOR UPDATE OF c) \
+         UPDATE deliveries d SET lease_until = $3 FROM picked, events v \
+         WHERE d.seq = picked.seq AND v.id = d.event_id AND d.status = 'pending' \
+         AND (d.lease_until IS NULL OR d.lease_until <= $2) \
          RETURNING {DELIVERY_COLUMNS}"
     );
     let rows = sqlx::query(&sql)
