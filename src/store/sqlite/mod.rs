@@ -447,7 +447,8 @@ async fn claim_in(
     let per_object = endpoint.ordering == Ordering::PerObject;
     let mut seqs: Vec<i64> = sqlx::query_scalar(
         "UPDATE deliveries SET lease_until = ?3 WHERE seq IN ( \
-           SELECT d.seq FROM deliveries d WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
+           SELECT d.seq FROM deliveries d INDEXED BY deliveries_pending_by_endpoint \
+           WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
            AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
            AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
              AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
@@ -1018,16 +1019,20 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> StoreResult<Vec<String>> {
         let busy_json = serde_json::to_string(busy).expect("strings serialize");
+        // One index probe per endpoint: the cost does not grow with the deliveries
+        // waiting. Read from a snapshot, so the scheduler never waits for the writer.
         let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT d.endpoint_id FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND e.enabled \
-             AND (d.lease_until IS NULL OR d.lease_until <= ?1) \
-             AND d.endpoint_id NOT IN (SELECT value FROM json_each(?2)) LIMIT ?3",
+            "SELECT e.id FROM endpoints e WHERE e.enabled \
+             AND e.id NOT IN (SELECT value FROM json_each(?2)) \
+             AND EXISTS (SELECT 1 FROM deliveries d INDEXED BY deliveries_pending_due_by_endpoint \
+               WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= ?1 \
+               AND (d.lease_until IS NULL OR d.lease_until <= ?1)) \
+             LIMIT ?3",
         )
         .bind(micros(now))
         .bind(busy_json)
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         Ok(rows)
     }
@@ -1042,7 +1047,7 @@ impl Store for SqliteStore {
                  WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > ?1)",
         )
         .bind(micros(now))
-        .fetch_one(&self.writer)
+        .fetch_one(&self.reader)
         .await?;
         Ok(next.map(from_micros))
     }
