@@ -33,13 +33,20 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Creates the data directory, readable by its owner only: it holds the database, with
+/// payloads, e-mail addresses and token hashes, and the secret key. A directory that
+/// exists already keeps the mode its owner gave it.
+pub fn create_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create data directory {}", path.display()))
+}
+
 pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    create_data_dir(&settings.data_dir)?;
     if settings.dev {
         warn!("development mode: sending to loopback and private networks and over plain http is allowed");
     }

@@ -42,6 +42,26 @@ async fn every_api_route_needs_a_valid_bearer_token() {
             assert_eq!(body["code"], "unauthorized");
         }
     }
+    // The scheme is case-insensitive; anything but a bearer token is refused by name.
+    let with = |value: &str| {
+        server
+            .http
+            .get(format!("{}/api/v1/endpoints", server.base))
+            .header("authorization", value.to_string())
+            .send()
+    };
+    let lower = with(&format!("bearer {}", server.token)).await.unwrap();
+    assert_eq!(lower.status(), 200);
+    for value in ["Basic abc", "Bearer", "Bearer "] {
+        let response = with(value).await.unwrap();
+        assert_eq!(response.status(), 401, "{value}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("not of the form"),
+            "{value}: {body}"
+        );
+    }
+
     let health = server
         .http
         .get(format!("{}/healthz", server.base))
@@ -439,11 +459,54 @@ async fn an_idempotency_key_makes_a_repeated_event_a_no_op() {
     assert_eq!(server.deliveries(&endpoint).await.len(), 1);
 
     let other = br#"{"event":"payment.created","object_id":8,"current":{}}"#.to_vec();
-    let (status, answer) = post_raw(&server, other, &key).await;
+    let (status, answer) = post_raw(&server, other.clone(), &key).await;
     assert_eq!(
         (status, answer["code"].clone()),
         (422, json!("idempotency_key_reused"))
     );
+
+    // Two keys on one request: which one was meant is unknown, so neither is taken.
+    let (status, answer) = post_raw(
+        &server,
+        other,
+        &[("idempotency-key", "k2"), ("idempotency-key", "k3")],
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (400, json!("invalid_idempotency_key"))
+    );
+    assert_eq!(
+        server.deliveries(&endpoint).await.len(),
+        1,
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_is_not_a_json_object_is_refused() {
+    let server = TestServer::start().await;
+    let receiver = Receiver::start().await;
+    let array = json!(["arr", receiver.url, true, [], "accepted", false]);
+    for (method, path) in [
+        (Method::POST, "/api/v1/endpoints"),
+        (Method::POST, "/api/v1/event-types"),
+    ] {
+        for body in [array.clone(), json!([]), json!("text"), json!(7)] {
+            let (status, answer) = server.api(method.clone(), path, Some(body.clone())).await;
+            assert_eq!(
+                (status, answer["code"].as_str().unwrap()),
+                (400, "malformed_json"),
+                "{path} {body}"
+            );
+            assert!(answer["detail"]
+                .as_str()
+                .unwrap()
+                .contains("must be a JSON object"));
+        }
+    }
+    let (_, listed) = server.api(Method::GET, "/api/v1/endpoints", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "{listed}");
 }
 
 #[tokio::test]

@@ -80,16 +80,25 @@ pub async fn create_event(
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let key = value.to_str().map(str::trim).unwrap_or("");
     let printable = key.chars().all(|c| c.is_ascii_graphic() || c == ' ');
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
+        let shown = String::from_utf8_lossy(value.as_bytes());
+        let shown: String = shown.chars().take(40).collect();
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",
             format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                "Idempotency-Key {shown:?} is not 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
             ),
         ));
     }

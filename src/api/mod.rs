@@ -143,16 +143,22 @@ async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(token) = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
+    let Some(header) = request.headers().get(AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing header Authorization: Bearer <token>",
+        ));
+    };
+    // The scheme is case-insensitive (RFC 9110); the token follows one space.
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return Err(ApiError::unauthorized(
+            "the Authorization header is not of the form 'Bearer <token>'",
         ));
     };
     let Some(principal) = state.store.principal_for_token(&token_hash(token)).await? else {
@@ -193,8 +199,30 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
+        let Json(body) = Json::<serde_json::Value>::from_request(req, state).await?;
+        // Every request body is an object; serde would also fill a struct from an
+        // array, field by field in order, which no caller means.
+        if !body.is_object() {
+            return Err(ApiError::bad_request(
+                "malformed_json",
+                format!("the body must be a JSON object, not {}", json_kind(&body)),
+            ));
+        }
+        // The error names the field at fault ("name: invalid type ...").
+        serde_path_to_error::deserialize(body)
+            .map(ApiJson)
+            .map_err(|err| ApiError::unprocessable("invalid_field", err.to_string()))
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

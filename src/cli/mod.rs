@@ -282,7 +282,7 @@ async fn migrate(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.resolve()?;
     init_logging(settings.log_format);
     if settings.database_url.is_none() {
-        std::fs::create_dir_all(&settings.data_dir)?;
+        crate::server::create_data_dir(&settings.data_dir)?;
     }
     crate::server::open_store(&settings).await?;
     println!("database is up to date");
