@@ -56,6 +56,7 @@ pub fn parse_event(raw: &[u8], accepted_at: Timestamp) -> Result<ParsedEvent, Pa
         ))
     })?;
     check_depth(raw)?;
+    check_surrogates(raw)?;
     if !text.trim_start().starts_with('{') && serde_json::from_str::<&RawValue>(text).is_ok() {
         return Err(PayloadError::InvalidField(format!(
             "body must be a JSON object like {{\"event\": …}}, not {}",
@@ -114,6 +115,44 @@ fn check_depth(raw: &[u8]) -> Result<(), PayloadError> {
                 "body nests objects and arrays deeper than {MAX_DEPTH} levels"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a `\u` escape of half a UTF-16 surrogate pair without its other half. JSON's
+/// grammar lets one through, but it stands for no character: the body is copied to
+/// receivers as written, and a strict parser there would refuse the whole webhook.
+fn check_surrogates(raw: &[u8]) -> Result<(), PayloadError> {
+    let unit_at = |at: usize| -> Option<u32> {
+        let escape = raw.get(at..at + 6)?;
+        if !escape.starts_with(b"\\u") {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(&escape[2..]).ok()?, 16).ok()
+    };
+    // A backslash appears only inside strings, where it starts an escape.
+    let mut at = 0;
+    while at < raw.len() {
+        if raw[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        let paired = match unit_at(at) {
+            Some(0xD800..=0xDBFF) => matches!(unit_at(at + 6), Some(0xDC00..=0xDFFF)),
+            Some(0xDC00..=0xDFFF) => false,
+            _ => {
+                at += 2;
+                continue;
+            }
+        };
+        if !paired {
+            let escape = String::from_utf8_lossy(&raw[at..at + 6]);
+            return Err(PayloadError::InvalidField(format!(
+                "body holds {escape} at byte {at}, half of a UTF-16 surrogate pair without \
+                 its other half, which is no character"
+            )));
+        }
+        at += 12;
     }
     Ok(())
 }
@@ -272,6 +311,29 @@ mod tests {
                 "{err:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_are_refused_and_pairs_kept() {
+        let now = Utc::now();
+        for body in [
+            r#"{"event":"a.b","object_id":1,"current":{"k":"\ud800"}}"#,
+            r#"{"event":"a.b","object_id":1,"current":{"k":"\udc00x"}}"#,
+            r#"{"event":"a.b","object_id":"\uD83D","current":{}}"#,
+            r#"{"event":"a.b","object_id":1,"current":{"k":"\ud800\u0041"}}"#,
+        ] {
+            let Err(PayloadError::InvalidField(detail)) = parse_event(body.as_bytes(), now) else {
+                panic!("{body} was accepted");
+            };
+            assert!(detail.contains("surrogate"), "{detail}");
+        }
+        let emoji = r#"{"event":"a.b","object_id":1,"current":{"k":"\ud83d\ude00 \\ud800"}}"#;
+        let parsed = parse_event(emoji.as_bytes(), now).unwrap();
+        assert!(
+            parsed.body.contains(r#""\ud83d\ude00 \\ud800""#),
+            "{}",
+            parsed.body
+        );
     }
 
     #[test]
