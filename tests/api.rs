@@ -848,3 +848,51 @@ async fn endpoint_secrets_are_stored_sealed_and_shown_only_on_request() {
     };
     assert!(verifies(&secret) && verifies(&rotated));
 }
+
+#[tokio::test]
+async fn a_cursor_no_list_gave_out_is_refused_by_name() {
+    let server = TestServer::start().await;
+    for path in [
+        "/api/v1/endpoints?cursor=abc",
+        "/api/v1/endpoints?cursor=usr_01",
+        "/api/v1/users?cursor=abc",
+        "/api/v1/tokens?cursor=abc",
+        "/api/v1/deliveries?cursor=0",
+        "/api/v1/deliveries?cursor=-1",
+        "/api/v1/deliveries?cursor=abc",
+    ] {
+        let (status, answer) = server.api(Method::GET, path, None).await;
+        assert_eq!(
+            (status, answer["code"].as_str().unwrap_or("")),
+            (400, "invalid_query"),
+            "{path}: {answer}"
+        );
+        let cursor = path.rsplit('=').next().unwrap();
+        assert!(
+            answer["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("'{cursor}'")),
+            "{path}: {answer}"
+        );
+    }
+
+    // A cursor the list did give out still pages.
+    let receiver = Receiver::start().await;
+    for _ in 0..3 {
+        server.endpoint(&receiver.url, &["account.created"]).await;
+    }
+    let (_, first) = server
+        .api(Method::GET, "/api/v1/endpoints?limit=2", None)
+        .await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, rest) = server
+        .api(
+            Method::GET,
+            &format!("/api/v1/endpoints?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+}

@@ -338,3 +338,46 @@ async fn a_token_made_on_the_command_line_is_printed_once_listed_and_revoked() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn client_commands_exit_with_the_documented_codes() {
+    let server = TestServer::start().await;
+    let token = server.token.clone();
+
+    // A flag whose value must be JSON and is not: a usage mistake, 2.
+    let run = cli(
+        &server,
+        &token,
+        &[
+            "emit",
+            "account.created",
+            "--object-id",
+            "1",
+            "--current",
+            "notjson",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--current 'notjson'"), "{}", run.stderr);
+
+    // An endpoint that does not exist: the server's 404, 1.
+    let run = cli(
+        &server,
+        &token,
+        &["deliveries", "--endpoint", "ep_nope"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("ep_nope"), "{}", run.stderr);
+
+    // Alerts are summarized, one line each, unless --json is given.
+    let run = cli(&server, &token, &["alerts"], "").await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "no alerts");
+    let run = cli(&server, &token, &["alerts", "--json"], "").await;
+    let answer: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(answer["data"], serde_json::json!([]));
+}

@@ -125,12 +125,9 @@ pub fn filter_from(
         .page
         .cursor
         .as_deref()
-        .filter(|c| c.parse::<i64>().is_err())
+        .filter(|c| c.parse::<i64>().map_or(true, |n| n < 1))
     {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("cursor '{cursor}' is not one this list gave out"),
-        ));
+        return Err(super::bad_cursor(cursor));
     }
     Ok(DeliveryFilter {
         endpoint_id,

@@ -76,7 +76,7 @@ impl From<EndpointRefused> for ApiError {
             EndpointRefused::Fields(errors) => errors.first(),
             EndpointRefused::UrlCheck(answer) => ApiError::unprocessable(
                 "url_check_failed",
-                format!("{answer}; the receiver must answer HEAD with a status below 400 (send \"verify\": false to skip this check)"),
+                format!("{answer}; the receiver must answer HEAD with a status below 400 (to skip this check, send \"verify\": false, or give --no-verify on the command line)"),
             ),
             EndpointRefused::Other(err) => err,
         }
@@ -389,7 +389,7 @@ pub async fn list_endpoints(
 ) -> Result<Json<ListOut<EndpointOut>>, ApiError> {
     let page = state
         .store
-        .list_endpoints(query.cursor.as_deref(), query.limit()?)
+        .list_endpoints(query.id_cursor("ep")?, query.limit()?)
         .await?;
     Ok(Json(ListOut {
         data: page.items.into_iter().map(Into::into).collect(),

@@ -250,6 +250,14 @@ where
     }
 }
 
+pub fn bad_cursor(cursor: &str) -> ApiError {
+    let shown: String = cursor.chars().take(64).collect();
+    ApiError::bad_request(
+        "invalid_query",
+        format!("cursor '{shown}' is not one this list gave out"),
+    )
+}
+
 /// `?limit=&cursor=` of every list.
 #[derive(Deserialize, Default)]
 pub struct PageQuery {
@@ -258,6 +266,27 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    /// The cursor of a list paged by id, if it looks like an id of that list's kind
+    /// (`prefix_…`): anything else was not given out by the list, and is refused rather
+    /// than answered with an empty page.
+    pub fn id_cursor(&self, prefix: &str) -> Result<Option<&str>, ApiError> {
+        let Some(cursor) = self.cursor.as_deref() else {
+            return Ok(None);
+        };
+        let id_like = cursor
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest.len() <= 64
+                    && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        if !id_like {
+            return Err(bad_cursor(cursor));
+        }
+        Ok(Some(cursor))
+    }
+
     pub fn limit(&self) -> Result<i64, ApiError> {
         let Some(text) = &self.limit else {
             return Ok(50);

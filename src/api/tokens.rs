@@ -104,7 +104,7 @@ pub async fn list_tokens(
 ) -> Result<Json<ListOut<TokenOut>>, ApiError> {
     let page = state
         .store
-        .list_tokens(&principal.user_id, query.cursor.as_deref(), query.limit()?)
+        .list_tokens(&principal.user_id, query.id_cursor("tok")?, query.limit()?)
         .await?;
     Ok(Json(ListOut {
         data: page.items.into_iter().map(Into::into).collect(),

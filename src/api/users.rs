@@ -131,7 +131,7 @@ pub async fn list_users(
     require_super_admin(&principal)?;
     let page = state
         .store
-        .list_users(query.cursor.as_deref(), query.limit()?)
+        .list_users(query.id_cursor("usr")?, query.limit()?)
         .await?;
     Ok(Json(ListOut {
         data: page.items.into_iter().map(Into::into).collect(),

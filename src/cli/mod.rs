@@ -8,7 +8,6 @@ mod users;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -126,7 +125,7 @@ struct EndpointFieldsArgs {
     /// Event type to subscribe to (repeat for several)
     #[arg(long = "event")]
     events: Vec<String>,
-    /// Create or leave the endpoint disabled
+    /// Create the endpoint disabled, or disable it
     #[arg(long, conflicts_with = "enable")]
     disable: bool,
     /// Enable the endpoint
@@ -212,6 +211,8 @@ pub fn run() -> ExitCode {
             eprintln!("herald: error: {err:#}");
             if err.downcast_ref::<ApiFailure>().is_some() {
                 ExitCode::from(1)
+            } else if err.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
             } else {
                 ExitCode::from(3)
             }
@@ -240,9 +241,43 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts { client } => {
             let c = Client::new(&client)?;
             let answer = c.call(Method::GET, "/alerts", None).await?;
-            print_json(&answer);
+            if c.json {
+                print_json(&answer);
+            } else {
+                print_alerts(&answer);
+            }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// One line per alert: what, which endpoint, when, and whether its e-mail went out.
+fn print_alerts(answer: &Value) {
+    let alerts = answer["data"].as_array().cloned().unwrap_or_default();
+    if alerts.is_empty() {
+        println!("no alerts");
+    }
+    for a in alerts {
+        let d = &a["detail"];
+        let last = match (&d["last_status"], &d["last_error"]) {
+            (_, Value::String(error)) => error.clone(),
+            (Value::Number(status), _) => format!("status {status}"),
+            _ => String::new(),
+        };
+        let mail = match &a["sent_at"] {
+            Value::String(at) => format!("sent {at}"),
+            _ => format!("not sent yet ({} tries)", text(&a["send_attempts"])),
+        };
+        println!(
+            "{}  {:<18} {} {}  since={} failed={} pending={} {last}  {mail}",
+            text(&a["created_at"]),
+            text(&a["kind"]),
+            text(&d["endpoint_name"]),
+            text(&d["endpoint_url"]),
+            text(&d["failing_since"]),
+            text(&d["failed_deliveries"]),
+            text(&d["pending_deliveries"]),
+        );
     }
 }
 
@@ -435,8 +470,22 @@ async fn test_endpoint(c: &Client, id: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn json_arg(name: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("--{name} '{text}' is not valid JSON"))
+    serde_json::from_str(text)
+        .map_err(|err| Usage(format!("--{name} '{text}' is not valid JSON: {err}")).into())
 }
+
+/// A mistake on the command line that the argument parser cannot see, such as a flag
+/// whose value must be JSON and is not; it exits with 2, like the parser's own.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 async fn emit(e: EmitArgs, c: &Client) -> anyhow::Result<ExitCode> {
     // A number only when it reads back the same, so "007" stays a string.
@@ -485,19 +534,21 @@ async fn deliveries(args: DeliveriesArgs, c: &Client) -> anyhow::Result<ExitCode
         }
         None => {
             let mut query = vec![format!("limit={}", args.limit)];
-            for (name, value) in [
-                ("endpoint", &args.endpoint),
-                ("status", &args.status),
-                ("event", &args.event),
-            ] {
+            for (name, value) in [("status", &args.status), ("event", &args.event)] {
                 if let Some(value) = value {
                     query.push(format!("{name}={}", urlencode(value)));
                 }
             }
+            // One endpoint's Event History is its own route, which answers 404 for an
+            // endpoint that does not exist rather than an empty list.
+            let list_path = match &args.endpoint {
+                Some(id) => format!("/endpoints/{}/deliveries", urlencode(id)),
+                None => "/deliveries".to_string(),
+            };
             let list = c
                 .call(
                     Method::GET,
-                    &format!("/deliveries?{}", query.join("&")),
+                    &format!("{list_path}?{}", query.join("&")),
                     None,
                 )
                 .await?;

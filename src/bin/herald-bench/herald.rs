@@ -12,6 +12,8 @@ pub struct Herald {
     pub token: String,
     pub http: reqwest::Client,
     data: PathBuf,
+    /// On PostgreSQL, the server's URL and the database made for this run.
+    database: Option<(String, String)>,
 }
 
 impl Herald {
@@ -39,8 +41,16 @@ impl Herald {
             .env("HERALD_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(url) = database_url {
-            command.env("HERALD_DATABASE_URL", url);
+        // Each Herald gets a database of its own, as it gets a data directory: one left
+        // by an earlier scenario would hold its deliveries and its first token.
+        let database = match database_url {
+            Some(url) => Some(fresh_database(url).await?),
+            None => None,
+        };
+        if let Some((url, name)) = &database {
+            let mut own = reqwest::Url::parse(url)?;
+            own.set_path(&format!("/{name}"));
+            command.env("HERALD_DATABASE_URL", own.as_str());
         }
         let child = command.spawn()?;
         let token_path = data.as_path().join("initial-admin-token");
@@ -62,6 +72,7 @@ impl Herald {
             token,
             http,
             data,
+            database,
         })
     }
 
@@ -92,7 +103,40 @@ impl Drop for Herald {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data);
+        if let Some((url, name)) = self.database.take() {
+            // Drop runs inside the benchmark's runtime, which cannot block on a future.
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(&url).await?;
+                    sqlx::query(&sql).execute(&mut conn).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("herald-bench: database {name} could not be dropped; drop it by hand");
+            }
+        }
     }
+}
+
+/// Creates an empty database on the server of `url`; returns `url` and its name.
+async fn fresh_database(url: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!(
+        "herald_bench_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    Ok((url.to_string(), name))
 }
 
 /// Resident memory of a process, in MiB.
