@@ -173,16 +173,22 @@ impl From<JsonRejection> for ApiError {
 
 pub fn too_large_or_unreadable(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "body is larger than the limit of {} bytes",
-                crate::payload::MAX_EVENT_BYTES
-            ),
-        );
+        return too_large("body is");
     }
     ApiError::bad_request("unreadable_body", rejection.body_text())
+}
+
+/// 413 for a body over the limit; `what` says which body ("body is", "Content-Length
+/// 5000000 is").
+pub fn too_large(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "{what} larger than the limit of {} bytes",
+            crate::payload::MAX_EVENT_BYTES
+        ),
+    )
 }
 
 impl From<BytesRejection> for ApiError {

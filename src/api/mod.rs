@@ -97,7 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sign-in", post(tokens::sign_in))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::payload::MAX_EVENT_BYTES,
-        ));
+        ))
+        .layer(middleware::from_fn(refuse_declared_oversize));
 
     Router::new()
         .nest("/api/v1", api)
@@ -105,6 +106,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Answers 413 at once when the declared `Content-Length` is over the limit, rather
+/// than reading the body first (or waiting for one that never comes).
+async fn refuse_declared_oversize(request: Request, next: Next) -> Result<Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&n| n > crate::payload::MAX_EVENT_BYTES as u64) {
+        return Err(error::too_large(&format!("Content-Length {length} is")));
+    }
+    Ok(next.run(request).await)
 }
 
 async fn not_found() -> ApiError {
