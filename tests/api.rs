@@ -507,6 +507,26 @@ async fn a_request_body_that_is_not_a_json_object_is_refused() {
     }
     let (_, listed) = server.api(Method::GET, "/api/v1/endpoints", None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 0, "{listed}");
+
+    // A field sent as null is refused by name, not read as "unchanged".
+    let endpoint = server.endpoint(&receiver.url, &["account.created"]).await;
+    let path = format!("/api/v1/endpoints/{endpoint}");
+    for field in ["name", "url", "enabled", "events", "ordering", "verify"] {
+        let (status, answer) = server
+            .api(Method::PATCH, &path, Some(json!({ field: null })))
+            .await;
+        assert_eq!(
+            (status, answer["code"].as_str().unwrap()),
+            (422, "invalid_field"),
+            "{field}: {answer}"
+        );
+        assert!(
+            answer["detail"].as_str().unwrap().starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+    let (_, kept) = server.api(Method::GET, &path, None).await;
+    assert_eq!(kept["url"], json!(receiver.url));
 }
 
 #[tokio::test]

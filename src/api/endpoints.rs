@@ -20,12 +20,18 @@ use crate::store::StoreError;
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointIn {
+    #[serde(default, deserialize_with = "super::not_null")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "super::not_null")]
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "super::not_null")]
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "super::not_null")]
     pub events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::not_null")]
     pub ordering: Option<String>,
     /// Whether to send the HEAD check to a new URL (default true).
+    #[serde(default, deserialize_with = "super::not_null")]
     pub verify: Option<bool>,
 }
 

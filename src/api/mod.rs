@@ -230,6 +230,17 @@ where
     }
 }
 
+/// For a request field that may be left out but is never null: left out, it is `None`
+/// ("unchanged" in an update); an explicit `null` is refused with the field's name,
+/// since a caller who sends one means something no field of Herald's takes.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
