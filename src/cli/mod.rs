@@ -617,7 +617,14 @@ fn print_delivery(c: &Client, d: &Value) {
             }
         }
         if let Some(body) = a["response_body"].as_str().filter(|b| !b.is_empty()) {
-            println!("     body: {body}");
+            let more = if a["response_truncated"] == json!(true) {
+                " (the first 64 KiB)"
+            } else {
+                ""
+            };
+            println!("     body{more}: {body}");
+        } else if a["response_body_dropped"] == json!(true) {
+            println!("     body: not kept (only the first and the latest replies keep theirs)");
         }
     }
 }
