@@ -44,7 +44,7 @@ impl Herald {
         // Each Herald gets a database of its own, as it gets a data directory: one left
         // by an earlier scenario would hold its deliveries and its first token.
         let database = match database_url {
-            Some(url) => Some(fresh_database(url).await?),
+            Some(url) => Some((url.to_string(), fresh_database(url).await?)),
             None => None,
         };
         if let Some((url, name)) = &database {
@@ -125,8 +125,8 @@ impl Drop for Herald {
     }
 }
 
-/// Creates an empty database on the server of `url`; returns `url` and its name.
-async fn fresh_database(url: &str) -> anyhow::Result<(String, String)> {
+/// Creates an empty database on the server of `url` and returns its name.
+async fn fresh_database(url: &str) -> anyhow::Result<String> {
     use sqlx::Connection;
     let name = format!(
         "herald_bench_{}",
@@ -136,7 +136,7 @@ async fn fresh_database(url: &str) -> anyhow::Result<(String, String)> {
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await?;
-    Ok((url.to_string(), name))
+    Ok(name)
 }
 
 /// Resident memory of a process, in MiB.
