@@ -310,11 +310,13 @@ impl Engine {
             .insert(endpoint_id.to_string());
     }
 
-    /// Attempts a lane's claimed deliveries one after the other, in order, recording
-    /// each outcome while the next attempt is on the wire. It waits for one record to be
-    /// committed before starting the next but one, so at any moment at most two of an
-    /// endpoint's attempts are unsettled: the one on the wire and the one being
-    /// recorded. Those two are what a crash can send twice. Stops early when the
+    /// Attempts a lane's claimed deliveries one after the other, in order, and records
+    /// them in groups while the next attempts are on the wire: while one group is being
+    /// committed, the outcomes that follow wait in memory, and go to the store together
+    /// as soon as it is done. So an endpoint is never held up by the writer, and the
+    /// writer commits many outcomes per job when it is the slower of the two. Every
+    /// record is committed before the lane claims again, so a crash can send again at
+    /// most one claimed batch of an endpoint's deliveries. Stops early when the
     /// endpoint turns out to be down or was changed, when shutting down, or when an
     /// attempt could no longer end before the claim's lease does; what it did not
     /// attempt is handed back in `left_over`.
@@ -330,7 +332,7 @@ impl Engine {
             all_succeeded: true,
             left_over: Vec::new(),
         };
-        let mut recording: Option<tokio::task::JoinHandle<Result<RecordedMany, StoreError>>> = None;
+        let mut recorder = Recorder::new(self.store.clone());
         let mut batch = batch.into_iter();
         for claimed in batch.by_ref() {
             let changed = self
@@ -352,23 +354,14 @@ impl Engine {
                 succeeded,
                 outcome.attempt.attempted_at,
             );
-
-            if let Some(previous) = recording.take() {
-                settle(previous).await?;
-            }
-            let store = self.store.clone();
-            recording = Some(tokio::spawn(async move {
-                store.record_many(vec![outcome], None).await
-            }));
+            recorder.push(outcome).await?;
             if !pace_ok || gone {
                 run.go_on = false;
                 break;
             }
         }
         run.left_over.extend(batch.map(|claimed| claimed.seq));
-        if let Some(last) = recording {
-            settle(last).await?;
-        }
+        recorder.finish().await?;
         Ok(run)
     }
 
@@ -600,17 +593,65 @@ fn log_outcome(attempt: &Attempt, after: AfterAttempt) {
     }
 }
 
-/// Waits for an attempt's record to be committed.
-async fn settle(
-    recording: tokio::task::JoinHandle<Result<RecordedMany, StoreError>>,
-) -> Result<(), StoreError> {
-    let recorded = recording
-        .await
-        .map_err(|err| StoreError::Unavailable(format!("recording task failed: {err}")))??;
-    if recorded.stored.contains(&false) {
-        debug!("attempt not recorded: the endpoint was deleted meanwhile");
+/// A lane's attempt records on their way to the store: at most one group is being
+/// committed at a time, and the outcomes that arrive meanwhile wait for it.
+struct Recorder {
+    store: Arc<dyn Store>,
+    waiting: Vec<AttemptOutcome>,
+    committing: Option<tokio::task::JoinHandle<Result<RecordedMany, StoreError>>>,
+}
+
+impl Recorder {
+    fn new(store: Arc<dyn Store>) -> Recorder {
+        Recorder {
+            store,
+            waiting: Vec::new(),
+            committing: None,
+        }
     }
-    Ok(())
+
+    /// Adds an outcome; sends what is waiting unless a group is still being committed.
+    async fn push(&mut self, outcome: AttemptOutcome) -> Result<(), StoreError> {
+        self.waiting.push(outcome);
+        if self.committing.as_ref().is_some_and(|c| !c.is_finished()) {
+            return Ok(());
+        }
+        self.settle().await?;
+        self.send();
+        Ok(())
+    }
+
+    /// Returns once every outcome pushed is committed.
+    async fn finish(mut self) -> Result<(), StoreError> {
+        self.settle().await?;
+        if !self.waiting.is_empty() {
+            self.send();
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) {
+        let outcomes = std::mem::take(&mut self.waiting);
+        let store = self.store.clone();
+        self.committing = Some(tokio::spawn(async move {
+            store.record_many(outcomes, None).await
+        }));
+    }
+
+    /// Waits for the group being committed, if any.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        let Some(committing) = self.committing.take() else {
+            return Ok(());
+        };
+        let recorded = committing
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("recording task failed: {err}")))??;
+        if recorded.stored.contains(&false) {
+            debug!("attempt not recorded: the endpoint was deleted meanwhile");
+        }
+        Ok(())
+    }
 }
 
 /// What a lane did with one batch of claims.

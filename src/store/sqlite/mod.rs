@@ -397,24 +397,41 @@ async fn insert_event_in(conn: &mut SqliteConnection, event: &NewEvent) -> Store
     if let Some(earlier) = replay_idempotent(conn, event).await? {
         return Ok(earlier);
     }
-    let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM event_types WHERE name = ?")
-        .bind(&event.event_type)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if known.is_none() {
-        return Err(StoreError::UnknownEventType);
-    }
-
-    let endpoints: Vec<String> = sqlx::query_scalar(
-        "SELECT s.endpoint_id FROM endpoint_events s JOIN endpoints e ON e.id = s.endpoint_id \
-         WHERE s.event_type = ? AND e.enabled ORDER BY s.endpoint_id",
+    // One row per subscribed, enabled endpoint; one row with no endpoint when there is
+    // none; no row at all when the event type is unknown.
+    let subscribed: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT e.id FROM event_types t \
+         LEFT JOIN endpoint_events s ON s.event_type = t.name \
+         LEFT JOIN endpoints e ON e.id = s.endpoint_id AND e.enabled \
+         WHERE t.name = ? ORDER BY e.id",
     )
     .bind(&event.event_type)
     .fetch_all(&mut *conn)
     .await?;
+    if subscribed.is_empty() {
+        return Err(StoreError::UnknownEventType);
+    }
+    let endpoints: Vec<String> = subscribed.into_iter().flatten().collect();
     insert_event_row(conn, event, endpoints.len() as i64).await?;
-    for endpoint_id in &endpoints {
-        insert_delivery_row(conn, event, endpoint_id, false, None).await?;
+    if !endpoints.is_empty() {
+        let rows: Vec<(String, &str)> = endpoints
+            .iter()
+            .map(|endpoint_id| (new_id("dlv"), endpoint_id.as_str()))
+            .collect();
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
+             status, test, created_at, next_attempt_at) \
+             SELECT value ->> 0, ?, value ->> 1, ?, ?, 'pending', 0, ?, ? \
+             FROM json_each(?) ORDER BY key",
+        )
+        .bind(&event.id)
+        .bind(&event.event_type)
+        .bind(&event.object_key)
+        .bind(micros(event.accepted_at))
+        .bind(micros(event.accepted_at))
+        .bind(serde_json::to_string(&rows).expect("strings serialize"))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(Accepted {
         event_id: event.id.clone(),
@@ -510,6 +527,21 @@ async fn touch_endpoints(
     Ok(())
 }
 
+/// Drops the reply bodies of a delivery's attempts but the first, before another is
+/// stored: only the first and the latest are kept, so a receiver that answers every
+/// retry with the same large error page cannot fill the disk with copies of it.
+async fn drop_middle_bodies(conn: &mut SqliteConnection, seq: i64) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
+         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
+         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
+    )
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Records an attempt on a connection inside a transaction; false when the delivery is gone.
 async fn record_in(
     conn: &mut SqliteConnection,
@@ -540,17 +572,8 @@ async fn record_in(
         return Ok(false);
     }
 
-    // Only the first and the latest reply bodies are kept: a receiver that answers every
-    // retry with the same large error page must not fill the disk with copies of it.
     if claimed.delivery.attempt_count >= 2 {
-        sqlx::query(
-            "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
-         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
-         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
-        )
-        .bind(claimed.seq)
-        .execute(&mut *conn)
-        .await?;
+        drop_middle_bodies(conn, claimed.seq).await?;
     }
 
     let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
@@ -574,6 +597,78 @@ async fn record_in(
         track_outage(conn, claimed, attempt, after).await?;
     }
     Ok(true)
+}
+
+/// Records successful attempts of deliveries that are not tests, with a fixed number of
+/// statements however many there are; stores the same as `record_in` for each in turn.
+/// One flag per outcome says whether its delivery still existed.
+async fn record_successes_in(
+    conn: &mut SqliteConnection,
+    outcomes: &[AttemptOutcome],
+) -> StoreResult<Vec<bool>> {
+    let states: Vec<(i64, i64)> = outcomes
+        .iter()
+        .map(|o| (o.claimed.seq, micros(o.attempt.attempted_at)))
+        .collect();
+    let states = serde_json::to_string(&states).expect("numbers serialize");
+    let updated: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET status = 'succeeded', next_attempt_at = NULL, \
+         lease_until = NULL, first_attempt_at = coalesce(first_attempt_at, j.at), \
+         last_attempt_at = j.at, attempt_count = attempt_count + 1 \
+         FROM (SELECT value ->> 0 AS seq, value ->> 1 AS at FROM json_each(?)) AS j \
+         WHERE deliveries.seq = j.seq RETURNING deliveries.seq",
+    )
+    .bind(states)
+    .fetch_all(&mut *conn)
+    .await?;
+    let stored: Vec<bool> = outcomes
+        .iter()
+        .map(|o| updated.contains(&o.claimed.seq))
+        .collect();
+    let kept: Vec<&AttemptOutcome> = outcomes
+        .iter()
+        .zip(&stored)
+        .filter_map(|(o, stored)| stored.then_some(o))
+        .collect();
+
+    for outcome in kept
+        .iter()
+        .filter(|o| o.claimed.delivery.attempt_count >= 2)
+    {
+        drop_middle_bodies(conn, outcome.claimed.seq).await?;
+    }
+    let rows: Vec<serde_json::Value> = kept
+        .iter()
+        .map(|o| {
+            let a = &o.attempt;
+            serde_json::json!([
+                o.claimed.seq,
+                micros(a.attempted_at),
+                a.duration_ms,
+                a.status_code,
+                serde_json::to_string(&a.response_headers).expect("strings serialize"),
+                a.response_body,
+                a.response_truncated,
+                a.error,
+            ])
+        })
+        .collect();
+    if !rows.is_empty() {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
+             response_headers, response_body, response_truncated, error_kind, error) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+             value ->> 5, value ->> 6, NULL, value ->> 7 FROM json_each(?) ORDER BY key",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    // The first success closes the endpoint's outage; those after it find none.
+    if let Some(first) = kept.first() {
+        track_outage(conn, &first.claimed, &first.attempt, first.after).await?;
+    }
+    Ok(stored)
 }
 
 #[async_trait]

@@ -10,7 +10,8 @@ use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::{claim_in, insert_event_in, record_in, touch_endpoints};
+use super::{claim_in, insert_event_in, record_in, record_successes_in, touch_endpoints};
+use crate::model::AfterAttempt;
 use crate::model::NewEvent;
 use crate::store::{
     Accepted, AttemptOutcome, ClaimRequest, Claimed, RecordedMany, StoreError, StoreResult,
@@ -100,10 +101,19 @@ async fn record_and_claim(
     conn: &mut SqliteConnection,
     job: &RecordJob,
 ) -> StoreResult<RecordedMany> {
-    let mut stored = Vec::with_capacity(job.outcomes.len());
-    for outcome in &job.outcomes {
-        stored.push(record_in(conn, &outcome.claimed, &outcome.attempt, outcome.after).await?);
-    }
+    let all_succeeded = job
+        .outcomes
+        .iter()
+        .all(|o| o.after == AfterAttempt::Succeeded && !o.claimed.delivery.test);
+    let stored = if all_succeeded && job.outcomes.len() > 1 {
+        record_successes_in(conn, &job.outcomes).await?
+    } else {
+        let mut stored = Vec::with_capacity(job.outcomes.len());
+        for outcome in &job.outcomes {
+            stored.push(record_in(conn, &outcome.claimed, &outcome.attempt, outcome.after).await?);
+        }
+        stored
+    };
     touch_endpoints(conn, &job.outcomes).await?;
     let next = match &job.then_claim {
         Some((request, limit)) => claim_in(conn, request, *limit).await?,
