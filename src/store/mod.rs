@@ -47,6 +47,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database: {0}")]
     Database(sqlx::Error),
+    /// An error of the embedded database's writing connection.
+    #[error("database: {0}")]
+    Embedded(rusqlite::Error),
     #[error("migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
@@ -61,6 +64,19 @@ impl From<sqlx::Error> for StoreError {
             StoreError::Unavailable(err.to_string())
         } else {
             StoreError::Database(err)
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Busy, locked and I/O errors mean "not now", as for the pool's connections.
+    fn from(err: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+        match err.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure) => {
+                StoreError::Unavailable(err.to_string())
+            }
+            _ => StoreError::Embedded(err),
         }
     }
 }

@@ -16,18 +16,21 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection};
 
+mod hot;
 mod users;
 mod writer;
 
 use super::*;
 use crate::catalog;
 use crate::ids::new_id;
-use crate::model::{AlertDetail, AlertKind, Ordering};
+use crate::model::Ordering;
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     writer_queue: writer::WriterQueue,
+    /// Taken by every write on `writer`; the writer thread takes it for each batch.
+    turn: writer::WriteTurn,
     /// Held for as long as the store is open: one process owns an SQLite data directory.
     _lock: File,
 }
@@ -58,11 +61,13 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        let writer_queue = writer::WriterQueue::start(writer.clone());
+        let turn = writer::WriteTurn::default();
+        let writer_queue = writer::WriterQueue::start(&path, turn.clone())?;
         Ok(SqliteStore {
             writer,
             reader,
             writer_queue,
+            turn,
             _lock: lock,
         })
     }
@@ -95,9 +100,64 @@ const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.event_id, d.endpoint_id, d.event_
     d.status, d.test, d.created_at, d.first_attempt_at, d.next_attempt_at, \
     d.last_attempt_at, d.attempt_count, v.body";
 
-fn endpoint_from_row(row: &SqliteRow) -> Endpoint {
+/// A column read by name, the same way from a row of either driver: the pool's, or the
+/// writer thread's. A column that is missing or of another type is a bug in the query
+/// beside it, and panics, as the pool's own `Row::get` does.
+trait Columns {
+    fn text(&self, name: &str) -> String;
+    fn opt_text(&self, name: &str) -> Option<String>;
+    fn int(&self, name: &str) -> i64;
+    fn opt_int(&self, name: &str) -> Option<i64>;
+
+    fn flag(&self, name: &str) -> bool {
+        self.int(name) != 0
+    }
+    fn time(&self, name: &str) -> Timestamp {
+        from_micros(self.int(name))
+    }
+    fn opt_time(&self, name: &str) -> Option<Timestamp> {
+        self.opt_int(name).map(from_micros)
+    }
+}
+
+impl Columns for SqliteRow {
+    fn text(&self, name: &str) -> String {
+        self.get(name)
+    }
+    fn opt_text(&self, name: &str) -> Option<String> {
+        self.get(name)
+    }
+    fn int(&self, name: &str) -> i64 {
+        self.get(name)
+    }
+    fn opt_int(&self, name: &str) -> Option<i64> {
+        self.get(name)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, name: &str) -> String {
+        column(self, name)
+    }
+    fn opt_text(&self, name: &str) -> Option<String> {
+        column(self, name)
+    }
+    fn int(&self, name: &str) -> i64 {
+        column(self, name)
+    }
+    fn opt_int(&self, name: &str) -> Option<i64> {
+        column(self, name)
+    }
+}
+
+fn column<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>, name: &str) -> T {
+    row.get(name)
+        .unwrap_or_else(|err| panic!("column {name}: {err}"))
+}
+
+fn endpoint_from_row(row: &impl Columns) -> Endpoint {
     let mut events: Vec<String> = row
-        .get::<Option<String>, _>("events")
+        .opt_text("events")
         .unwrap_or_default()
         .split(' ')
         .filter(|s| !s.is_empty())
@@ -105,36 +165,36 @@ fn endpoint_from_row(row: &SqliteRow) -> Endpoint {
         .collect();
     events.sort();
     Endpoint {
-        id: row.get("id"),
-        name: row.get("name"),
-        url: row.get("url"),
-        enabled: row.get("enabled"),
+        id: row.text("id"),
+        name: row.text("name"),
+        url: row.text("url"),
+        enabled: row.flag("enabled"),
         events,
-        ordering: Ordering::parse(row.get("ordering")).unwrap_or_default(),
-        secret: row.get("secret"),
-        previous_secret: row.get("previous_secret"),
-        previous_secret_until: opt_time(row, "previous_secret_until"),
-        disabled_reason: row.get("disabled_reason"),
-        created_at: from_micros(row.get("created_at")),
-        updated_at: from_micros(row.get("updated_at")),
-        last_triggered_at: opt_time(row, "last_triggered_at"),
+        ordering: Ordering::parse(&row.text("ordering")).unwrap_or_default(),
+        secret: row.text("secret"),
+        previous_secret: row.opt_text("previous_secret"),
+        previous_secret_until: row.opt_time("previous_secret_until"),
+        disabled_reason: row.opt_text("disabled_reason"),
+        created_at: row.time("created_at"),
+        updated_at: row.time("updated_at"),
+        last_triggered_at: row.opt_time("last_triggered_at"),
     }
 }
 
-fn delivery_from_row(row: &SqliteRow) -> Delivery {
+fn delivery_from_row(row: &impl Columns) -> Delivery {
     Delivery {
-        id: row.get("id"),
-        event_id: row.get("event_id"),
-        endpoint_id: row.get("endpoint_id"),
-        event_type: row.get("event_type"),
-        status: DeliveryStatus::parse(row.get("status")).unwrap_or(DeliveryStatus::Pending),
-        test: row.get("test"),
-        body: row.get("body"),
-        created_at: from_micros(row.get("created_at")),
-        first_attempt_at: opt_time(row, "first_attempt_at"),
-        next_attempt_at: opt_time(row, "next_attempt_at"),
-        last_attempt_at: opt_time(row, "last_attempt_at"),
-        attempt_count: row.get("attempt_count"),
+        id: row.text("id"),
+        event_id: row.text("event_id"),
+        endpoint_id: row.text("endpoint_id"),
+        event_type: row.text("event_type"),
+        status: DeliveryStatus::parse(&row.text("status")).unwrap_or(DeliveryStatus::Pending),
+        test: row.flag("test"),
+        body: row.text("body"),
+        created_at: row.time("created_at"),
+        first_attempt_at: row.opt_time("first_attempt_at"),
+        next_attempt_at: row.opt_time("next_attempt_at"),
+        last_attempt_at: row.opt_time("last_attempt_at"),
+        attempt_count: row.int("attempt_count"),
     }
 }
 
@@ -190,490 +250,10 @@ async fn replace_subscriptions(
     Ok(())
 }
 
-async fn insert_event_row(
-    conn: &mut SqliteConnection,
-    event: &NewEvent,
-    delivery_count: i64,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO events (id, event_type, object_key, body, created_at, idempotency_key, \
-         request_hash, delivery_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&event.id)
-    .bind(&event.event_type)
-    .bind(&event.object_key)
-    .bind(&event.body)
-    .bind(micros(event.accepted_at))
-    .bind(&event.idempotency_key)
-    .bind(&event.request_hash)
-    .bind(delivery_count)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn insert_delivery_row(
-    conn: &mut SqliteConnection,
-    event: &NewEvent,
-    endpoint_id: &str,
-    test: bool,
-    lease_until: Option<Timestamp>,
-) -> StoreResult<i64> {
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, status, \
-         test, created_at, next_attempt_at, lease_until) \
-         VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(new_id("dlv"))
-    .bind(&event.id)
-    .bind(endpoint_id)
-    .bind(&event.event_type)
-    .bind(&event.object_key)
-    .bind(test)
-    .bind(micros(event.accepted_at))
-    .bind(micros(event.accepted_at))
-    .bind(lease_until.map(micros))
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(seq)
-}
-
-async fn replay_idempotent(
-    conn: &mut SqliteConnection,
-    event: &NewEvent,
-) -> StoreResult<Option<Accepted>> {
-    let Some(key) = &event.idempotency_key else {
-        return Ok(None);
-    };
-    let row = sqlx::query(
-        "SELECT id, request_hash, delivery_count FROM events WHERE idempotency_key = ?",
-    )
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    if row.get::<String, _>("request_hash") != event.request_hash {
-        return Err(StoreError::IdempotencyMismatch);
-    }
-    Ok(Some(Accepted {
-        event_id: row.get("id"),
-        deliveries: row.get("delivery_count"),
-        replayed: true,
-    }))
-}
-
-/// What an alert says about the endpoint's last failure.
-struct LastFailure {
-    at: Timestamp,
-    status: Option<u16>,
-    error: String,
-}
-
-impl LastFailure {
-    fn of(attempt: &Attempt) -> LastFailure {
-        LastFailure {
-            at: attempt.attempted_at,
-            status: attempt.status_code,
-            error: describe_failure(attempt),
-        }
-    }
-}
-
-/// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
-async fn track_outage(
-    conn: &mut SqliteConnection,
-    claimed: &Claimed,
-    attempt: &Attempt,
-    after: AfterAttempt,
-) -> StoreResult<()> {
-    let endpoint_id = &claimed.endpoint.id;
-    let last = LastFailure::of(attempt);
-    if after == AfterAttempt::Succeeded {
-        let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "DELETE FROM endpoint_outages WHERE endpoint_id = ? \
-             RETURNING failing_since, alerted_at",
-        )
-        .bind(endpoint_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some((failing_since, Some(_))) = closed {
-            let since = from_micros(failing_since);
-            insert_alert(
-                conn,
-                AlertKind::EndpointRecovered,
-                endpoint_id,
-                &last,
-                since,
-            )
-            .await?;
-        }
-        return Ok(());
-    }
-
-    sqlx::query(
-        "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) VALUES (?, ?, ?) \
-         ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
-    )
-    .bind(endpoint_id)
-    .bind(micros(last.at))
-    .bind(&last.error)
-    .execute(&mut *conn)
-    .await?;
-    if after == AfterAttempt::Failed {
-        raise_failing(conn, endpoint_id, &last).await?;
-    }
-    Ok(())
-}
-
-/// Raises the endpoint's failing alert, once per outage. The outage row must exist.
-async fn raise_failing(
-    conn: &mut SqliteConnection,
-    endpoint_id: &str,
-    last: &LastFailure,
-) -> StoreResult<()> {
-    let newly_alerted: Option<i64> = sqlx::query_scalar(
-        "UPDATE endpoint_outages SET alerted_at = ? WHERE endpoint_id = ? AND alerted_at IS NULL \
-         RETURNING failing_since",
-    )
-    .bind(micros(last.at))
-    .bind(endpoint_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(failing_since) = newly_alerted {
-        let since = from_micros(failing_since);
-        insert_alert(conn, AlertKind::EndpointFailing, endpoint_id, last, since).await?;
-    }
-    Ok(())
-}
-
-/// Records an alert with what an e-mail about it says, as it is now. For a recovery,
-/// `last` is the successful attempt, so it has a status and no error.
-async fn insert_alert(
-    conn: &mut SqliteConnection,
-    kind: AlertKind,
-    endpoint_id: &str,
-    last: &LastFailure,
-    failing_since: Timestamp,
-) -> StoreResult<()> {
-    let facts = sqlx::query(
-        "SELECT e.name, e.url, \
-         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'failed') \
-           AS failed, \
-         (SELECT count(*) FROM deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') \
-           AS pending \
-         FROM endpoints e WHERE e.id = ?",
-    )
-    .bind(endpoint_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let detail = AlertDetail {
-        endpoint_name: facts.get("name"),
-        endpoint_url: facts.get("url"),
-        failing_since: Some(failing_since),
-        failed_deliveries: facts.get("failed"),
-        pending_deliveries: facts.get("pending"),
-        last_status: last.status,
-        last_error: (kind == AlertKind::EndpointFailing).then(|| last.error.clone()),
-        at: last.at,
-    };
-    let detail = serde_json::to_string(&detail).expect("alert detail serializes");
-    sqlx::query(
-        "INSERT INTO alerts (id, kind, endpoint_id, created_at, detail) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(new_id("alr"))
-    .bind(kind.as_str())
-    .bind(endpoint_id)
-    .bind(micros(last.at))
-    .bind(detail)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores an event and its deliveries on a connection inside a transaction.
-async fn insert_event_in(conn: &mut SqliteConnection, event: &NewEvent) -> StoreResult<Accepted> {
-    if let Some(earlier) = replay_idempotent(conn, event).await? {
-        return Ok(earlier);
-    }
-    // One row per subscribed, enabled endpoint; one row with no endpoint when there is
-    // none; no row at all when the event type is unknown.
-    let subscribed: Vec<Option<String>> = sqlx::query_scalar(
-        "SELECT e.id FROM event_types t \
-         LEFT JOIN endpoint_events s ON s.event_type = t.name \
-         LEFT JOIN endpoints e ON e.id = s.endpoint_id AND e.enabled \
-         WHERE t.name = ? ORDER BY e.id",
-    )
-    .bind(&event.event_type)
-    .fetch_all(&mut *conn)
-    .await?;
-    if subscribed.is_empty() {
-        return Err(StoreError::UnknownEventType);
-    }
-    let endpoints: Vec<String> = subscribed.into_iter().flatten().collect();
-    insert_event_row(conn, event, endpoints.len() as i64).await?;
-    if !endpoints.is_empty() {
-        let rows: Vec<(String, &str)> = endpoints
-            .iter()
-            .map(|endpoint_id| (new_id("dlv"), endpoint_id.as_str()))
-            .collect();
-        sqlx::query(
-            "INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
-             status, test, created_at, next_attempt_at) \
-             SELECT value ->> 0, ?, value ->> 1, ?, ?, 'pending', 0, ?, ? \
-             FROM json_each(?) ORDER BY key",
-        )
-        .bind(&event.id)
-        .bind(&event.event_type)
-        .bind(&event.object_key)
-        .bind(micros(event.accepted_at))
-        .bind(micros(event.accepted_at))
-        .bind(serde_json::to_string(&rows).expect("strings serialize"))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(Accepted {
-        event_id: event.id.clone(),
-        deliveries: endpoints.len() as i64,
-        replayed: false,
-    })
-}
-
-async fn endpoint_in(conn: &mut SqliteConnection, id: &str) -> StoreResult<Option<Endpoint>> {
-    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints e WHERE e.id = ?");
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.as_ref().map(endpoint_from_row))
-}
-
-/// Claims the endpoint's next due delivery on a connection inside a transaction.
-async fn claim_in(
-    conn: &mut SqliteConnection,
-    request: &ClaimRequest,
-    limit: usize,
-) -> StoreResult<Vec<Claimed>> {
-    let Some(endpoint) = endpoint_in(conn, &request.endpoint_id).await? else {
-        return Ok(Vec::new());
-    };
-    if !endpoint.enabled {
-        return Ok(Vec::new());
-    }
-    let per_object = endpoint.ordering == Ordering::PerObject;
-    let mut seqs: Vec<i64> = sqlx::query_scalar(
-        "UPDATE deliveries SET lease_until = ?3 WHERE seq IN ( \
-           SELECT d.seq FROM deliveries d INDEXED BY deliveries_pending_by_endpoint \
-           WHERE d.endpoint_id = ?1 AND d.status = 'pending' \
-           AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
-           AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
-             AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
-           ORDER BY d.seq LIMIT ?5) RETURNING seq",
-    )
-    .bind(&request.endpoint_id)
-    .bind(micros(request.now))
-    .bind(micros(request.lease_until))
-    .bind(per_object)
-    .bind(limit as i64)
-    .fetch_all(&mut *conn)
-    .await?;
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    seqs.sort_unstable();
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-         WHERE d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.seq"
-    );
-    let seq_list = serde_json::to_string(&seqs).expect("numbers serialize");
-    let rows = sqlx::query(&sql)
-        .bind(seq_list)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Claimed {
-            seq: row.get("seq"),
-            delivery: delivery_from_row(row),
-            endpoint: endpoint.clone(),
-        })
-        .collect())
-}
-
-/// Notes when each endpoint in `outcomes` was last sent to.
-async fn touch_endpoints(
-    conn: &mut SqliteConnection,
-    outcomes: &[AttemptOutcome],
-) -> StoreResult<()> {
-    let mut latest: Vec<(&str, Timestamp)> = Vec::new();
-    for outcome in outcomes {
-        let (id, at) = (
-            outcome.claimed.endpoint.id.as_str(),
-            outcome.attempt.attempted_at,
-        );
-        match latest.iter_mut().find(|(known, _)| *known == id) {
-            Some(entry) => entry.1 = entry.1.max(at),
-            None => latest.push((id, at)),
-        }
-    }
-    for (id, at) in latest {
-        sqlx::query("UPDATE endpoints SET last_triggered_at = ? WHERE id = ?")
-            .bind(micros(at))
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Drops the reply bodies of a delivery's attempts but the first, before another is
-/// stored: only the first and the latest are kept, so a receiver that answers every
-/// retry with the same large error page cannot fill the disk with copies of it.
-async fn drop_middle_bodies(conn: &mut SqliteConnection, seq: i64) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE attempts SET response_body = NULL, response_body_dropped = 1 \
-         WHERE delivery_seq = ?1 AND response_body IS NOT NULL \
-         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = ?1)",
-    )
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Records an attempt on a connection inside a transaction; false when the delivery is gone.
-async fn record_in(
-    conn: &mut SqliteConnection,
-    claimed: &Claimed,
-    attempt: &Attempt,
-    after: AfterAttempt,
-) -> StoreResult<bool> {
-    let (status, next) = match after {
-        AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
-        AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
-        AfterAttempt::Failed => (DeliveryStatus::Failed, None),
-    };
-    let at = micros(attempt.attempted_at);
-    let updated = sqlx::query(
-        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, \
-         first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, \
-         attempt_count = attempt_count + 1 WHERE seq = ?",
-    )
-    .bind(status.as_str())
-    .bind(next)
-    .bind(at)
-    .bind(at)
-    .bind(claimed.seq)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Ok(false);
-    }
-
-    if claimed.delivery.attempt_count >= 2 {
-        drop_middle_bodies(conn, claimed.seq).await?;
-    }
-
-    let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
-    sqlx::query(
-        "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
-         response_headers, response_body, response_truncated, error_kind, error) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(claimed.seq)
-    .bind(at)
-    .bind(attempt.duration_ms)
-    .bind(attempt.status_code.map(i64::from))
-    .bind(headers)
-    .bind(&attempt.response_body)
-    .bind(attempt.response_truncated)
-    .bind(attempt.error_kind.map(|k| k.as_str()))
-    .bind(&attempt.error)
-    .execute(&mut *conn)
-    .await?;
-    if !claimed.delivery.test {
-        track_outage(conn, claimed, attempt, after).await?;
-    }
-    Ok(true)
-}
-
-/// Records successful attempts of deliveries that are not tests, with a fixed number of
-/// statements however many there are; stores the same as `record_in` for each in turn.
-/// One flag per outcome says whether its delivery still existed.
-async fn record_successes_in(
-    conn: &mut SqliteConnection,
-    outcomes: &[AttemptOutcome],
-) -> StoreResult<Vec<bool>> {
-    let states: Vec<(i64, i64)> = outcomes
-        .iter()
-        .map(|o| (o.claimed.seq, micros(o.attempt.attempted_at)))
-        .collect();
-    let states = serde_json::to_string(&states).expect("numbers serialize");
-    let updated: Vec<i64> = sqlx::query_scalar(
-        "UPDATE deliveries SET status = 'succeeded', next_attempt_at = NULL, \
-         lease_until = NULL, first_attempt_at = coalesce(first_attempt_at, j.at), \
-         last_attempt_at = j.at, attempt_count = attempt_count + 1 \
-         FROM (SELECT value ->> 0 AS seq, value ->> 1 AS at FROM json_each(?)) AS j \
-         WHERE deliveries.seq = j.seq RETURNING deliveries.seq",
-    )
-    .bind(states)
-    .fetch_all(&mut *conn)
-    .await?;
-    let stored: Vec<bool> = outcomes
-        .iter()
-        .map(|o| updated.contains(&o.claimed.seq))
-        .collect();
-    let kept: Vec<&AttemptOutcome> = outcomes
-        .iter()
-        .zip(&stored)
-        .filter_map(|(o, stored)| stored.then_some(o))
-        .collect();
-
-    for outcome in kept
-        .iter()
-        .filter(|o| o.claimed.delivery.attempt_count >= 2)
-    {
-        drop_middle_bodies(conn, outcome.claimed.seq).await?;
-    }
-    let rows: Vec<serde_json::Value> = kept
-        .iter()
-        .map(|o| {
-            let a = &o.attempt;
-            serde_json::json!([
-                o.claimed.seq,
-                micros(a.attempted_at),
-                a.duration_ms,
-                a.status_code,
-                serde_json::to_string(&a.response_headers).expect("strings serialize"),
-                a.response_body,
-                a.response_truncated,
-                a.error,
-            ])
-        })
-        .collect();
-    if !rows.is_empty() {
-        sqlx::query(
-            "INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
-             response_headers, response_body, response_truncated, error_kind, error) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
-             value ->> 5, value ->> 6, NULL, value ->> 7 FROM json_each(?) ORDER BY key",
-        )
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(&mut *conn)
-        .await?;
-    }
-    // The first success closes the endpoint's outage; those after it find none.
-    if let Some(first) = kept.first() {
-        track_outage(conn, &first.claimed, &first.attempt, first.after).await?;
-    }
-    Ok(stored)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         sqlx::migrate!("migrations/sqlite")
             .run(&self.writer)
             .await?;
@@ -702,6 +282,7 @@ impl Store for SqliteStore {
         token_hash: &str,
         now: Timestamp,
     ) -> StoreResult<Option<String>> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
             .fetch_one(&mut *tx)
@@ -738,6 +319,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        let _turn = self.turn.lock().await;
         users::create_user(&self.writer, user).await
     }
 
@@ -759,10 +341,12 @@ impl Store for SqliteStore {
         changes: &UserChanges,
         now: Timestamp,
     ) -> StoreResult<User> {
+        let _turn = self.turn.lock().await;
         users::update_user(&self.writer, id, changes, now).await
     }
 
     async fn delete_user(&self, id: &str) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         users::delete_user(&self.writer, id).await
     }
 
@@ -771,6 +355,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, token: &NewApiToken) -> StoreResult<ApiToken> {
+        let _turn = self.turn.lock().await;
         users::create_token(&self.writer, token).await
     }
 
@@ -784,14 +369,17 @@ impl Store for SqliteStore {
     }
 
     async fn delete_token(&self, id: &str, owner: Option<&str>) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         users::delete_token(&self.writer, id, owner).await
     }
 
     async fn delete_sign_in_tokens(&self, user_id: &str, keep: Option<&str>) -> StoreResult<u64> {
+        let _turn = self.turn.lock().await;
         users::delete_sign_in_tokens(&self.writer, user_id, keep).await
     }
 
     async fn touch_token(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         users::touch_token(&self.writer, id, now).await
     }
 
@@ -814,6 +402,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_event_type(&self, t: &EventType) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO event_types (name, trigger_name, action, description, builtin) \
              VALUES (?, ?, ?, ?, 0)",
@@ -837,6 +426,7 @@ impl Store for SqliteStore {
         secret: &str,
         now: Timestamp,
     ) -> StoreResult<Endpoint> {
+        let _turn = self.turn.lock().await;
         let id = new_id("ep");
         let mut tx = self.writer.begin().await?;
         sqlx::query(
@@ -894,6 +484,7 @@ impl Store for SqliteStore {
         fields: &EndpointFields,
         now: Timestamp,
     ) -> StoreResult<Endpoint> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE endpoints SET name = ?, url = ?, \
@@ -919,6 +510,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_endpoint(&self, id: &str) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = ?")
             .bind(id)
             .execute(&self.writer)
@@ -937,6 +529,7 @@ impl Store for SqliteStore {
         old_until: Timestamp,
         now: Timestamp,
     ) -> StoreResult<Endpoint> {
+        let _turn = self.turn.lock().await;
         let updated = sqlx::query(
             "UPDATE endpoints SET previous_secret = secret, previous_secret_until = ?, \
              secret = ?, updated_at = ? WHERE id = ?",
@@ -955,6 +548,7 @@ impl Store for SqliteStore {
     }
 
     async fn disable_endpoint(&self, id: &str, reason: &str, now: Timestamp) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         sqlx::query(
             "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
         )
@@ -993,21 +587,9 @@ impl Store for SqliteStore {
         endpoint_id: &str,
         lease_until: Timestamp,
     ) -> StoreResult<Claimed> {
-        let endpoint = self.get_endpoint(endpoint_id).await?;
-        let mut tx = self.writer.begin().await?;
-        insert_event_row(&mut tx, event, 1).await?;
-        let seq = insert_delivery_row(&mut tx, event, endpoint_id, true, Some(lease_until)).await?;
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-             WHERE d.seq = ?"
-        );
-        let row = sqlx::query(&sql).bind(seq).fetch_one(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(Claimed {
-            seq,
-            delivery: delivery_from_row(&row),
-            endpoint,
-        })
+        self.writer_queue
+            .insert_test_delivery(event.clone(), endpoint_id, lease_until)
+            .await
     }
 
     async fn list_deliveries(&self, f: &DeliveryFilter) -> StoreResult<Page<Delivery>> {
@@ -1069,6 +651,7 @@ impl Store for SqliteStore {
     }
 
     async fn resend_delivery(&self, id: &str, now: Timestamp) -> StoreResult<Delivery> {
+        let _turn = self.turn.lock().await;
         let updated = sqlx::query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, \
              first_attempt_at = NULL WHERE id = ? AND (status != 'pending' OR lease_until IS NULL \
@@ -1093,6 +676,7 @@ impl Store for SqliteStore {
         since: Timestamp,
         now: Timestamp,
     ) -> StoreResult<i64> {
+        let _turn = self.turn.lock().await;
         self.get_endpoint(endpoint_id).await?;
         let updated = sqlx::query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, first_attempt_at = NULL \
@@ -1156,6 +740,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_claims(&self, seqs: &[i64]) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         let list = serde_json::to_string(seqs).expect("numbers serialize");
         sqlx::query(
             "UPDATE deliveries SET lease_until = NULL \
@@ -1198,57 +783,11 @@ impl Store for SqliteStore {
     }
 
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
-        let endpoints: Vec<String> = sqlx::query_scalar(
-            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL \
-             WHERE status = 'pending' AND first_attempt_at < ? \
-             AND (lease_until IS NULL OR lease_until <= ?) RETURNING endpoint_id",
-        )
-        .bind(micros(cutoff))
-        .bind(micros(now))
-        .fetch_all(&mut *tx)
-        .await?;
-        let expired = endpoints.len() as u64;
-        let mut endpoints = endpoints;
-        endpoints.sort();
-        endpoints.dedup();
-        for endpoint_id in endpoints {
-            let last_error: Option<String> =
-                sqlx::query_scalar("SELECT last_error FROM endpoint_outages WHERE endpoint_id = ?")
-                    .bind(&endpoint_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .flatten();
-            let error = last_error.unwrap_or_else(|| "retry window ended".to_string());
-            let last = LastFailure {
-                at: now,
-                status: None,
-                error,
-            };
-            sqlx::query(
-                "INSERT INTO endpoint_outages (endpoint_id, failing_since, last_error) \
-                 VALUES (?, ?, ?) ON CONFLICT (endpoint_id) DO NOTHING",
-            )
-            .bind(&endpoint_id)
-            .bind(micros(now))
-            .bind(&last.error)
-            .execute(&mut *tx)
-            .await?;
-            // An endpoint someone disabled is not failing: nobody is alerted about it.
-            let enabled: Option<bool> =
-                sqlx::query_scalar("SELECT enabled FROM endpoints WHERE id = ?")
-                    .bind(&endpoint_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if enabled == Some(true) {
-                raise_failing(&mut tx, &endpoint_id, &last).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(expired)
+        self.writer_queue.expire_overdue(cutoff, now).await
     }
 
     async fn prune(&self, before: Timestamp, batch: i64) -> StoreResult<u64> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         let events: Vec<String> = sqlx::query_scalar(
             "SELECT v.id FROM events v WHERE v.created_at < ? AND NOT EXISTS \
@@ -1277,6 +816,7 @@ impl Store for SqliteStore {
     /// Every lease: the data directory's lock file proves that no other process is
     /// using this database, so a lease can only be left by a process that died.
     async fn release_orphaned_leases(&self) -> StoreResult<u64> {
+        let _turn = self.turn.lock().await;
         let released =
             sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
                 .execute(&self.writer)
@@ -1296,6 +836,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_session(&self, session: &ConsoleSession, now: Timestamp) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?")
             .bind(micros(now))
@@ -1337,6 +878,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         sqlx::query("DELETE FROM console_sessions WHERE id_hash = ?")
             .bind(id_hash)
             .execute(&self.writer)
@@ -1354,6 +896,7 @@ impl Store for SqliteStore {
     }
 
     async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
+        let _turn = self.turn.lock().await;
         // An alert waits for the older unsent alerts of its endpoint, so that a
         // recovery is never announced before the outage it ends.
         let sql = format!(
@@ -1372,6 +915,7 @@ impl Store for SqliteStore {
     }
 
     async fn mark_alert_sent(&self, id: &str, at: Timestamp) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         sqlx::query("UPDATE alerts SET sent_at = ? WHERE id = ?")
             .bind(micros(at))
             .bind(id)
@@ -1381,6 +925,7 @@ impl Store for SqliteStore {
     }
 
     async fn postpone_alert(&self, id: &str, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        let _turn = self.turn.lock().await;
         sqlx::query(
             "UPDATE alerts SET send_attempts = send_attempts + 1, last_send_error = ?, \
              next_send_at = ? WHERE id = ?",

@@ -1,17 +1,27 @@
-//! Group commit for the hot writes: event ingest, claims and attempt records.
+//! Group commit for the hot writes: event ingest, claims, attempt records, test
+//! deliveries and the expiry sweep.
 //!
-//! One task owns the writing connection for these writes. It takes every job waiting
-//! in its queue, runs them in one transaction, commits once, and only then answers each
-//! caller. A full sync per commit is what makes an acknowledgement durable; sharing it
-//! between many jobs is what makes that affordable.
+//! One thread owns a connection of its own for these writes. It takes every job
+//! waiting in its queue, runs them in one transaction, commits once, and only then
+//! answers each caller. A full sync per commit is what makes an acknowledgement
+//! durable; sharing it between many jobs is what makes that affordable. The thread
+//! runs the statements itself (see `hot`), so a batch of hundreds of jobs costs one
+//! wake-up of the thread rather than two thread hand-offs per statement.
+//!
+//! The store's other writes use the pool's connection. SQLite lets one connection
+//! write at a time, so the two take turns through the store's write turn, a fair
+//! lock, instead of waiting on the database's busy timeout.
 
-use sqlx::sqlite::SqlitePool;
-use sqlx::SqliteConnection;
-use tokio::sync::{mpsc, oneshot};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::warn;
 
-use super::{claim_in, insert_event_in, record_in, record_successes_in, touch_endpoints};
-use crate::model::AfterAttempt;
+use super::hot;
+use crate::clock::Timestamp;
 use crate::model::NewEvent;
 use crate::store::{
     Accepted, AttemptOutcome, ClaimRequest, Claimed, RecordedMany, StoreError, StoreResult,
@@ -22,10 +32,20 @@ const MAX_BATCH: usize = 512;
 
 const QUEUE_CAPACITY: usize = 8192;
 
+/// How long a statement waits for a lock held by another connection (a reader's
+/// checkpoint, or a tool that opened the file) before it gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who may write to the database now: the writer thread for each batch, or one of
+/// the store's other writes. Fair, so neither starves the other.
+pub(super) type WriteTurn = Arc<Mutex<()>>;
+
 enum Job {
     Insert(NewEvent),
+    InsertTest(NewEvent, String, Timestamp),
     Claim(ClaimRequest, usize),
     Record(RecordJob),
+    Expire(Timestamp, Timestamp),
 }
 
 struct RecordJob {
@@ -36,23 +56,31 @@ struct RecordJob {
 /// Where a job's answer goes.
 enum Reply {
     Insert(oneshot::Sender<StoreResult<Accepted>>),
-    Claim(oneshot::Sender<StoreResult<Vec<Claimed>>>),
+    Claimed(oneshot::Sender<StoreResult<Claimed>>),
+    Claims(oneshot::Sender<StoreResult<Vec<Claimed>>>),
     Record(oneshot::Sender<StoreResult<RecordedMany>>),
+    Count(oneshot::Sender<StoreResult<u64>>),
 }
 
 /// A job's result, held until the transaction commits.
 enum Output {
     Insert(StoreResult<Accepted>),
-    Claim(StoreResult<Vec<Claimed>>),
+    Claimed(StoreResult<Claimed>),
+    Claims(StoreResult<Vec<Claimed>>),
     Record(StoreResult<RecordedMany>),
+    Count(StoreResult<u64>),
 }
 
 impl Job {
-    async fn run(&self, conn: &mut SqliteConnection) -> Output {
+    fn run(&self, conn: &Connection) -> Output {
         match self {
-            Job::Insert(event) => Output::Insert(insert_event_in(conn, event).await),
-            Job::Claim(request, limit) => Output::Claim(claim_in(conn, request, *limit).await),
-            Job::Record(job) => Output::Record(record_and_claim(conn, job).await),
+            Job::Insert(event) => Output::Insert(hot::insert_event(conn, event)),
+            Job::InsertTest(event, endpoint_id, lease_until) => Output::Claimed(
+                hot::insert_test_delivery(conn, event, endpoint_id, *lease_until),
+            ),
+            Job::Claim(request, limit) => Output::Claims(hot::claim(conn, request, *limit)),
+            Job::Record(job) => Output::Record(record_and_claim(conn, job)),
+            Job::Expire(cutoff, now) => Output::Count(hot::expire_overdue(conn, *cutoff, *now)),
         }
     }
 
@@ -64,11 +92,15 @@ impl Job {
 impl Output {
     /// Whether the job failed inside the database, which may have left it half-done.
     fn database_error(&self) -> bool {
-        let failed = |r: Option<&StoreError>| matches!(r, Some(StoreError::Database(_)));
+        let failed = |r: Option<&StoreError>| {
+            matches!(r, Some(StoreError::Database(_) | StoreError::Embedded(_)))
+        };
         match self {
             Output::Insert(r) => failed(r.as_ref().err()),
-            Output::Claim(r) => failed(r.as_ref().err()),
+            Output::Claimed(r) => failed(r.as_ref().err()),
+            Output::Claims(r) => failed(r.as_ref().err()),
             Output::Record(r) => failed(r.as_ref().err()),
+            Output::Count(r) => failed(r.as_ref().err()),
         }
     }
 }
@@ -78,8 +110,10 @@ impl Reply {
         // A caller that stopped waiting has nothing left to learn.
         let _ = match (self, output) {
             (Reply::Insert(to), Output::Insert(r)) => to.send(r).map_err(drop),
-            (Reply::Claim(to), Output::Claim(r)) => to.send(r).map_err(drop),
+            (Reply::Claimed(to), Output::Claimed(r)) => to.send(r).map_err(drop),
+            (Reply::Claims(to), Output::Claims(r)) => to.send(r).map_err(drop),
             (Reply::Record(to), Output::Record(r)) => to.send(r).map_err(drop),
+            (Reply::Count(to), Output::Count(r)) => to.send(r).map_err(drop),
             (reply, _) => return reply.fail("internal: mismatched answer"),
         };
     }
@@ -87,8 +121,10 @@ impl Reply {
     fn fail(self, why: &str) {
         let _ = match self {
             Reply::Insert(to) => to.send(unavailable(why)).map_err(drop),
-            Reply::Claim(to) => to.send(unavailable(why)).map_err(drop),
+            Reply::Claimed(to) => to.send(unavailable(why)).map_err(drop),
+            Reply::Claims(to) => to.send(unavailable(why)).map_err(drop),
             Reply::Record(to) => to.send(unavailable(why)).map_err(drop),
+            Reply::Count(to) => to.send(unavailable(why)).map_err(drop),
         };
     }
 }
@@ -97,41 +133,40 @@ fn unavailable<T>(why: &str) -> StoreResult<T> {
     Err(StoreError::Unavailable(why.to_string()))
 }
 
-async fn record_and_claim(
-    conn: &mut SqliteConnection,
-    job: &RecordJob,
-) -> StoreResult<RecordedMany> {
-    let all_succeeded = job
-        .outcomes
-        .iter()
-        .all(|o| o.after == AfterAttempt::Succeeded && !o.claimed.delivery.test);
-    let stored = if all_succeeded && job.outcomes.len() > 1 {
-        record_successes_in(conn, &job.outcomes).await?
-    } else {
-        let mut stored = Vec::with_capacity(job.outcomes.len());
-        for outcome in &job.outcomes {
-            stored.push(record_in(conn, &outcome.claimed, &outcome.attempt, outcome.after).await?);
-        }
-        stored
-    };
-    touch_endpoints(conn, &job.outcomes).await?;
+fn record_and_claim(conn: &Connection, job: &RecordJob) -> StoreResult<RecordedMany> {
+    let mut stored = Vec::with_capacity(job.outcomes.len());
+    for outcome in &job.outcomes {
+        stored.push(hot::record(
+            conn,
+            &outcome.claimed,
+            &outcome.attempt,
+            outcome.after,
+        )?);
+    }
+    hot::touch_endpoints(conn, &job.outcomes)?;
     let next = match &job.then_claim {
-        Some((request, limit)) => claim_in(conn, request, *limit).await?,
+        Some((request, limit)) => hot::claim(conn, request, *limit)?,
         None => Vec::new(),
     };
     Ok(RecordedMany { stored, next })
 }
 
-/// The queue in front of the writer task.
+/// The queue in front of the writer thread.
 pub(super) struct WriterQueue {
     jobs: mpsc::Sender<(Job, Reply)>,
 }
 
 impl WriterQueue {
-    pub(super) fn start(pool: SqlitePool) -> WriterQueue {
+    /// Opens the writing connection to the database at `path` and starts its thread.
+    pub(super) fn start(path: &Path, turn: WriteTurn) -> StoreResult<WriterQueue> {
+        let conn = open(path)?;
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(pool, queue));
-        WriterQueue { jobs }
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".to_string())
+            .spawn(move || run(conn, path, turn, queue))
+            .map_err(|err| StoreError::Unavailable(format!("cannot start the writer: {err}")))?;
+        Ok(WriterQueue { jobs })
     }
 
     async fn submit<T>(
@@ -149,12 +184,22 @@ impl WriterQueue {
         self.submit(Job::Insert(event), Reply::Insert).await
     }
 
+    pub(super) async fn insert_test_delivery(
+        &self,
+        event: NewEvent,
+        endpoint_id: &str,
+        lease_until: Timestamp,
+    ) -> StoreResult<Claimed> {
+        let job = Job::InsertTest(event, endpoint_id.to_string(), lease_until);
+        self.submit(job, Reply::Claimed).await
+    }
+
     pub(super) async fn claim(
         &self,
         request: ClaimRequest,
         limit: usize,
     ) -> StoreResult<Vec<Claimed>> {
-        self.submit(Job::Claim(request, limit), Reply::Claim).await
+        self.submit(Job::Claim(request, limit), Reply::Claims).await
     }
 
     pub(super) async fn record(
@@ -171,10 +216,32 @@ impl WriterQueue {
         )
         .await
     }
+
+    pub(super) async fn expire_overdue(
+        &self,
+        cutoff: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.submit(Job::Expire(cutoff, now), Reply::Count).await
+    }
 }
 
-async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
-    while let Some(first) = queue.recv().await {
+fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // The file is already in WAL mode (the pool set it); these are per connection.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+fn run(
+    mut conn: Connection,
+    path: PathBuf,
+    turn: WriteTurn,
+    mut queue: mpsc::Receiver<(Job, Reply)>,
+) {
+    while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -182,18 +249,12 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
                 Err(_) => break,
             }
         }
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
-                continue;
-            }
-        };
+        let _turn = turn.blocking_lock();
         let mut unsure = false;
-        if let Err(batch) = commit_together(&mut conn, batch, &mut unsure).await {
+        if let Err(batch) = commit_together(&conn, batch, &mut unsure) {
             // One job broke the batch; each job gets a transaction of its own.
             for job in batch {
-                if let Err(rest) = commit_together(&mut conn, vec![job], &mut unsure).await {
+                if let Err(rest) = commit_together(&conn, vec![job], &mut unsure) {
                     fail_all(rest.into_iter().map(|(_, reply)| reply), "database error");
                 }
             }
@@ -202,7 +263,10 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
             // A connection whose sync setting could not be restored is not reused: a new
             // one starts with full syncs.
             warn!("cannot restore full syncs on the writing connection; replacing it");
-            conn.close_on_drop();
+            match open(&path) {
+                Ok(fresh) => conn = fresh,
+                Err(err) => warn!(cause = %err, "cannot reopen the writing connection"),
+            }
         }
     }
 }
@@ -211,8 +275,8 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<(Job, Reply)>) {
 /// they refuse (an unknown event type, a reused idempotency key) before they write
 /// anything, so a refusal leaves the batch intact; a database error may leave a job
 /// half-done, so it rolls the batch back and hands the jobs back unanswered.
-async fn commit_together(
-    conn: &mut SqliteConnection,
+fn commit_together(
+    conn: &Connection,
     batch: Vec<(Job, Reply)>,
     unsure: &mut bool,
 ) -> Result<(), Vec<(Job, Reply)>> {
@@ -222,29 +286,29 @@ async fn commit_together(
     // commit or checkpoint; a crash of the process alone loses nothing either way.
     let acknowledges = batch.iter().any(|(job, _)| job.acknowledges());
     if !acknowledges {
-        let _ = exec(conn, "PRAGMA synchronous = NORMAL").await;
+        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
     }
-    let result = run_in_transaction(conn, batch).await;
+    let result = run_in_transaction(conn, batch);
     if !acknowledges {
         // Every other write on this connection acknowledges something.
-        *unsure |= exec(conn, "PRAGMA synchronous = FULL").await.is_err();
+        *unsure |= conn.execute_batch("PRAGMA synchronous = FULL").is_err();
     }
     result
 }
 
-async fn run_in_transaction(
-    conn: &mut SqliteConnection,
+fn run_in_transaction(
+    conn: &Connection,
     batch: Vec<(Job, Reply)>,
 ) -> Result<(), Vec<(Job, Reply)>> {
-    if let Err(err) = exec(conn, "BEGIN IMMEDIATE").await {
+    if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
         fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
         return Ok(());
     }
     let mut outputs = Vec::with_capacity(batch.len());
     for (job, _) in &batch {
-        let output = job.run(conn).await;
+        let output = job.run(conn);
         if output.database_error() {
-            let _ = exec(conn, "ROLLBACK").await;
+            let _ = conn.execute_batch("ROLLBACK");
             if batch.len() == 1 {
                 if let Some((_, reply)) = batch.into_iter().next() {
                     reply.send(output);
@@ -255,14 +319,14 @@ async fn run_in_transaction(
         }
         outputs.push(output);
     }
-    match exec(conn, "COMMIT").await {
+    match conn.execute_batch("COMMIT") {
         Ok(()) => {
             for ((_, reply), output) in batch.into_iter().zip(outputs) {
                 reply.send(output);
             }
         }
         Err(err) => {
-            let _ = exec(conn, "ROLLBACK").await;
+            let _ = conn.execute_batch("ROLLBACK");
             fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
         }
     }
@@ -280,8 +344,4 @@ fn fail_all(replies: impl Iterator<Item = Reply>, why: &str) {
         jobs = count,
         "a batch of writes was not committed"
     );
-}
-
-async fn exec(conn: &mut SqliteConnection, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(conn).await.map(drop)
 }
