@@ -65,7 +65,7 @@ enum Reply {
 /// A job's result, held until the transaction commits.
 enum Output {
     Insert(StoreResult<Accepted>),
-    Claimed(StoreResult<Claimed>),
+    Claimed(Box<StoreResult<Claimed>>),
     Claims(StoreResult<Vec<Claimed>>),
     Record(StoreResult<RecordedMany>),
     Count(StoreResult<u64>),
@@ -75,9 +75,9 @@ impl Job {
     fn run(&self, conn: &Connection) -> Output {
         match self {
             Job::Insert(event) => Output::Insert(hot::insert_event(conn, event)),
-            Job::InsertTest(event, endpoint_id, lease_until) => Output::Claimed(
+            Job::InsertTest(event, endpoint_id, lease_until) => Output::Claimed(Box::new(
                 hot::insert_test_delivery(conn, event, endpoint_id, *lease_until),
-            ),
+            )),
             Job::Claim(request, limit) => Output::Claims(hot::claim(conn, request, *limit)),
             Job::Record(job) => Output::Record(record_and_claim(conn, job)),
             Job::Expire(cutoff, now) => Output::Count(hot::expire_overdue(conn, *cutoff, *now)),
@@ -97,7 +97,7 @@ impl Output {
         };
         match self {
             Output::Insert(r) => failed(r.as_ref().err()),
-            Output::Claimed(r) => failed(r.as_ref().err()),
+            Output::Claimed(r) => failed(r.as_ref().as_ref().err()),
             Output::Claims(r) => failed(r.as_ref().err()),
             Output::Record(r) => failed(r.as_ref().err()),
             Output::Count(r) => failed(r.as_ref().err()),
@@ -110,7 +110,7 @@ impl Reply {
         // A caller that stopped waiting has nothing left to learn.
         let _ = match (self, output) {
             (Reply::Insert(to), Output::Insert(r)) => to.send(r).map_err(drop),
-            (Reply::Claimed(to), Output::Claimed(r)) => to.send(r).map_err(drop),
+            (Reply::Claimed(to), Output::Claimed(r)) => to.send(*r).map_err(drop),
             (Reply::Claims(to), Output::Claims(r)) => to.send(r).map_err(drop),
             (Reply::Record(to), Output::Record(r)) => to.send(r).map_err(drop),
             (Reply::Count(to), Output::Count(r)) => to.send(r).map_err(drop),
