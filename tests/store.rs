@@ -1,226 +1,429 @@
-//! The store's batched writes, driven directly: a group of attempt outcomes recorded in
-//! one call leaves the same deliveries, attempts, outages and alerts as the same
-//! outcomes recorded one at a time. Runs on the store the suite runs on.
+//! The store's hot writes, called directly on the store `HERALD_TEST_STORE` picks:
+//! recording a lane's attempts in one call leaves the same state, outages and alerts as
+//! recording them one at a time, and one write that fails in a group commit leaves the
+//! others of its batch committed.
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use common::{on_postgres, TestDatabase};
 use herald::clock::Timestamp;
-use herald::model::{AfterAttempt, Attempt, EndpointFields, ErrorKind, NewEvent, Ordering};
-use herald::settings::Settings;
-use herald::store::{AttemptOutcome, ClaimRequest, Claimed, Store};
-use serde_json::json;
+use herald::ids::new_id;
+use herald::model::{
+    AfterAttempt, Attempt, EndpointFields, ErrorKind, NewEvent, Ordering as DeliveryOrder,
+};
+use herald::store::{
+    AttemptOutcome, ClaimRequest, Claimed, DeliveryFilter, PostgresStore, SqliteStore, Store,
+    StoreError, DATABASE_FILE,
+};
+use sqlx::Connection;
 
+use common::{on_postgres, TestDatabase};
+
+/// A migrated store, with what a test needs to reach its database behind its back.
 struct Opened {
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-    _database: Option<TestDatabase>,
+    database: Option<TestDatabase>,
+    dir: tempfile::TempDir,
 }
 
 async fn open() -> Opened {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::defaults(dir.path());
-    let database = if on_postgres() {
-        Some(TestDatabase::create().await)
+    let (store, database): (Arc<dyn Store>, _) = if on_postgres() {
+        let database = TestDatabase::create().await;
+        let store = PostgresStore::open(&database.url).await.expect("open");
+        (Arc::new(store), Some(database))
     } else {
-        None
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        (Arc::new(store), None)
     };
-    settings.database_url = database.as_ref().map(|d| d.url.clone());
-    let store = herald::server::open_store(&settings)
-        .await
-        .expect("store opens");
-    store.migrate().await.expect("store migrates");
+    store.migrate().await.expect("migrate");
     Opened {
         store,
-        _dir: dir,
-        _database: database,
+        database,
+        dir,
     }
 }
 
-async fn endpoint(store: &dyn Store, name: &str, now: Timestamp) -> String {
-    let fields = EndpointFields {
-        name: name.to_string(),
-        url: format!("http://127.0.0.1:9/{name}"),
-        enabled: true,
-        events: vec!["invoice.paid".to_string()],
-        ordering: Ordering::Accepted,
-    };
-    store
-        .create_endpoint(&fields, "sealed-secret", now)
-        .await
-        .expect("endpoint created")
-        .id
-}
+impl Opened {
+    /// Deletes a delivery the way no API call can: alone, while a lane holds it.
+    async fn delete_delivery(&self, id: &str) {
+        let sql = match &self.database {
+            Some(_) => "DELETE FROM deliveries WHERE id = $1",
+            None => "DELETE FROM deliveries WHERE id = ?",
+        };
+        match &self.database {
+            Some(database) => {
+                let mut conn = sqlx::PgConnection::connect(&database.url).await.unwrap();
+                sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+            }
+            None => {
+                let path: PathBuf = self.dir.path().join(DATABASE_FILE);
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
 
-async fn emit(store: &dyn Store, n: u64, now: Timestamp) {
-    let body = json!({"event": "invoice.paid", "object_id": n, "current": {}}).to_string();
-    let parsed = herald::payload::parse_event(body.as_bytes(), now).unwrap();
-    let event = NewEvent {
-        id: herald::ids::new_id("evt"),
-        event_type: parsed.event_type,
-        object_key: parsed.object_key,
-        body: parsed.body,
-        accepted_at: now,
-        idempotency_key: None,
-        request_hash: parsed.request_hash,
-    };
-    store.insert_event(&event).await.expect("event stored");
-}
+    async fn endpoint(&self, name: &str, event_type: &str) -> String {
+        let fields = EndpointFields {
+            name: name.to_string(),
+            url: "http://127.0.0.1:9/hook".to_string(),
+            enabled: true,
+            events: vec![event_type.to_string()],
+            ordering: DeliveryOrder::Accepted,
+        };
+        let endpoint = self
+            .store
+            .create_endpoint(&fields, "whsec_test", Utc::now());
+        endpoint.await.expect("create endpoint").id
+    }
 
-fn attempt(at: Timestamp, status: u16, body: &str) -> Attempt {
-    let failed = status >= 300;
-    Attempt {
-        attempted_at: at,
-        duration_ms: 3,
-        status_code: Some(status),
-        response_headers: vec![("content-type".to_string(), "text/plain".to_string())],
-        response_body: Some(body.to_string()),
-        response_truncated: false,
-        error_kind: failed.then_some(ErrorKind::HttpStatus),
-        error: failed.then(|| format!("HTTP {status}")),
-        retry_after: None,
+    async fn claim(&self, endpoint_id: &str, now: Timestamp, limit: usize) -> Vec<Claimed> {
+        let claimed = self.store.claim_many(request(endpoint_id, now), limit);
+        claimed.await.expect("claim")
+    }
+
+    /// What a reader sees of an endpoint: its deliveries and their attempts, its outage,
+    /// its alerts and when it was last sent to. Ids are left out, so that two endpoints
+    /// that lived the same life look the same.
+    async fn seen(&self, endpoint_id: &str) -> String {
+        let filter = DeliveryFilter {
+            endpoint_id: Some(endpoint_id.to_string()),
+            limit: 100,
+            ..DeliveryFilter::default()
+        };
+        let mut lines = Vec::new();
+        let page = self.store.list_deliveries(&filter).await.unwrap();
+        for delivery in page.items.iter().rev() {
+            let (d, attempts) = self.store.get_delivery(&delivery.id).await.unwrap();
+            lines.push(format!(
+                "delivery of {}: {:?} attempts={} first={:?} next={:?} last={:?}",
+                d.event_id,
+                d.status,
+                d.attempt_count,
+                d.first_attempt_at,
+                d.next_attempt_at,
+                d.last_attempt_at
+            ));
+            lines.extend(attempts.iter().map(|a| format!("  {a:?}")));
+        }
+        for outage in self.store.list_outages().await.unwrap() {
+            if outage.endpoint_id == endpoint_id {
+                let (since, alerted) = (outage.failing_since, outage.alerted_at);
+                let error = outage.last_error;
+                lines.push(format!(
+                    "outage since {since:?} alerted {alerted:?}: {error:?}"
+                ));
+            }
+        }
+        let mut alerts = self.store.list_alerts(100).await.unwrap();
+        alerts.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        for alert in alerts.iter().filter(|a| a.endpoint_id == endpoint_id) {
+            let (kind, at, detail) = (&alert.kind, alert.created_at, &alert.detail);
+            lines.push(format!("alert {kind} at {at:?}: {detail}"));
+        }
+        let endpoint = self.store.get_endpoint(endpoint_id).await.unwrap();
+        lines.push(format!("last triggered {:?}", endpoint.last_triggered_at));
+        lines.join("\n")
     }
 }
 
-async fn claim(store: &dyn Store, endpoint_id: &str, now: Timestamp, n: usize) -> Vec<Claimed> {
-    let request = ClaimRequest {
+fn request(endpoint_id: &str, now: Timestamp) -> ClaimRequest {
+    ClaimRequest {
         endpoint_id: endpoint_id.to_string(),
         now,
         lease_until: now + Duration::seconds(60),
-    };
-    store.claim_many(request, n).await.expect("claim")
-}
-
-/// Fails every due delivery of the endpoint once, one at a time, so each has a first
-/// attempt with a reply body; the last one fails for good, which opens the endpoint's
-/// outage and alerts about it.
-async fn fail_all(store: &dyn Store, endpoint_id: &str, at: Timestamp, count: usize) {
-    let claimed = claim(store, endpoint_id, at, count).await;
-    assert_eq!(claimed.len(), count);
-    for (n, claimed) in claimed.into_iter().enumerate() {
-        let after = if n + 1 == count {
-            AfterAttempt::Failed
-        } else {
-            AfterAttempt::RetryAt(at)
-        };
-        let outcome = AttemptOutcome {
-            claimed,
-            attempt: attempt(at, 500, "first error page"),
-            after,
-        };
-        store
-            .record_many(vec![outcome], None)
-            .await
-            .expect("record");
     }
 }
 
-/// What the store holds for one endpoint, in a form two endpoints can be compared by.
-async fn state(store: &dyn Store, endpoint_id: &str) -> Vec<String> {
-    let filter = herald::store::DeliveryFilter {
-        endpoint_id: Some(endpoint_id.to_string()),
-        limit: 100,
-        ..Default::default()
-    };
-    let mut deliveries = store.list_deliveries(&filter).await.unwrap().items;
-    deliveries.sort_by(|a, b| a.body.cmp(&b.body));
-    let mut out = Vec::new();
-    for delivery in deliveries {
-        let (delivery, attempts) = store.get_delivery(&delivery.id).await.unwrap();
-        let bodies: Vec<String> = attempts
-            .iter()
-            .map(|a| format!("{:?}/{}", a.response_body, a.status_code.unwrap_or(0)))
-            .collect();
-        out.push(format!(
-            "{:?} count={} next={:?} bodies={bodies:?}",
-            delivery.status, delivery.attempt_count, delivery.next_attempt_at
-        ));
+fn new_event(event_type: &str, at: Timestamp, n: usize) -> NewEvent {
+    NewEvent {
+        id: new_id("evt"),
+        event_type: event_type.to_string(),
+        object_key: format!("object-{n}"),
+        body: format!("{{\"n\":{n}}}"),
+        accepted_at: at,
+        idempotency_key: None,
+        request_hash: format!("hash-{n}"),
     }
-    let alerts = store.list_alerts(100).await.unwrap();
-    let mut kinds: Vec<String> = alerts
-        .iter()
-        .filter(|a| a.endpoint_id == endpoint_id)
-        .map(|a| a.kind.clone())
-        .collect();
-    kinds.sort();
-    out.push(format!("alerts={kinds:?}"));
-    let outage = store
-        .list_outages()
-        .await
-        .unwrap()
-        .into_iter()
-        .any(|o| o.endpoint_id == endpoint_id);
-    out.push(format!("outage={outage}"));
-    out
 }
 
-/// Two endpoints get the same deliveries and the same history: each delivery failed once
-/// (an outage, alerted), one failed twice, then all succeed. One endpoint's successes
-/// are recorded one call each, the other's in one call. Both end with the same
-/// deliveries, attempts, kept reply bodies, outage and alerts.
+/// How an attempt went, and what comes after it.
+#[derive(Clone, Copy)]
+enum Went {
+    Succeeded,
+    RetryAt(Timestamp),
+    Failed,
+}
+
+fn outcome(claimed: &Claimed, went: Went, at: Timestamp) -> AttemptOutcome {
+    let (status, error_kind, after) = match went {
+        Went::Succeeded => (200, None, AfterAttempt::Succeeded),
+        Went::RetryAt(next) => (
+            500,
+            Some(ErrorKind::HttpStatus),
+            AfterAttempt::RetryAt(next),
+        ),
+        Went::Failed => (503, Some(ErrorKind::HttpStatus), AfterAttempt::Failed),
+    };
+    AttemptOutcome {
+        claimed: claimed.clone(),
+        attempt: Attempt {
+            attempted_at: at,
+            duration_ms: 7,
+            status_code: Some(status),
+            response_headers: vec![("content-type".to_string(), "text/plain".to_string())],
+            response_body: Some(format!("reply to {} at {at}", claimed.delivery.event_id)),
+            response_truncated: false,
+            error_kind,
+            error: None,
+            retry_after: None,
+        },
+        after,
+    }
+}
+
+/// The same attempts, recorded for one endpoint in one call and for its twin one at a
+/// time. Returns what each call said was stored, both ways.
+async fn record_both(
+    opened: &Opened,
+    batch: &[Claimed],
+    one_by_one: &[Claimed],
+    script: &[(Went, bool)],
+    at: Timestamp,
+) -> (Vec<bool>, Vec<bool>) {
+    assert_eq!(
+        batch.len(),
+        script.len(),
+        "the claim took the scripted deliveries"
+    );
+    assert_eq!(one_by_one.len(), script.len());
+    for (n, (_, delete)) in script.iter().enumerate() {
+        if *delete {
+            opened.delete_delivery(&batch[n].delivery.id).await;
+            opened.delete_delivery(&one_by_one[n].delivery.id).await;
+        }
+    }
+    let outcomes = |claims: &[Claimed]| -> Vec<AttemptOutcome> {
+        let times = (0..).map(|n| at + Duration::milliseconds(n));
+        let steps = claims.iter().zip(script).zip(times);
+        steps
+            .map(|((c, (went, _)), t)| outcome(c, *went, t))
+            .collect()
+    };
+
+    let together = opened.store.record_many(outcomes(batch), None).await;
+    let together = together.expect("record in one call");
+    assert!(together.next.is_empty());
+    let mut alone = Vec::new();
+    for o in outcomes(one_by_one) {
+        let recorded = opened
+            .store
+            .record_attempt(&o.claimed, &o.attempt, o.after, None)
+            .await;
+        alone.push(recorded.expect("record alone").stored);
+    }
+    (together.stored, alone)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_of_successes_is_stored_as_when_recorded_one_by_one() {
+async fn recording_attempts_in_one_call_leaves_what_recording_them_one_by_one_does() {
     let opened = open().await;
-    let store = opened.store.as_ref();
-    let t0 = Utc::now() - Duration::hours(1);
-    let alone = endpoint(store, "alone", t0).await;
-    let grouped = endpoint(store, "grouped", t0).await;
-    for n in 0..6 {
-        emit(store, n, t0).await;
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    // Twins: same name, same URL, same events, so their alerts read the same.
+    let batched = opened.endpoint("twin", &event_type).await;
+    let single = opened.endpoint("twin", &event_type).await;
+    let t0 = Utc::now();
+    for n in 0..14 {
+        let event = new_event(&event_type, t0, n);
+        opened.store.insert_event(&event).await.expect("insert");
     }
-    for id in [&alone, &grouped] {
-        fail_all(store, id, t0, 6).await;
-        // A second failure, so the next success drops the middle reply body.
-        let t1 = t0 + Duration::minutes(1);
-        let first = claim(store, id, t1, 1).await.remove(0);
-        let outcome = AttemptOutcome {
-            claimed: first,
-            attempt: attempt(t1, 503, "second error page"),
-            after: AfterAttempt::RetryAt(t1),
-        };
-        store.record_many(vec![outcome], None).await.unwrap();
-    }
+    let second = |n: i64| t0 + Duration::seconds(n);
+    let (ok, retry, fail) = (Went::Succeeded, Went::RetryAt(second(2)), Went::Failed);
 
-    let t2 = t0 + Duration::minutes(2);
-    let one_by_one = claim(store, &alone, t2, 5).await;
-    assert_eq!(one_by_one.len(), 5);
-    for claimed in one_by_one {
-        let outcome = AttemptOutcome {
-            claimed,
-            attempt: attempt(t2, 200, "ok"),
-            after: AfterAttempt::Succeeded,
-        };
-        let recorded = store.record_many(vec![outcome], None).await.unwrap();
-        assert_eq!(recorded.stored, vec![true]);
-    }
+    // A mixed batch: an outage opens (2nd), is alerted (3rd), closes with a recovery
+    // alert (5th) and opens again (6th); the 4th delivery is gone meanwhile.
+    let (a, b) = (
+        opened.claim(&batched, second(1), 6).await,
+        opened.claim(&single, second(1), 6).await,
+    );
+    let script = [
+        (ok, false),
+        (retry, false),
+        (fail, false),
+        (ok, true),
+        (ok, false),
+        (retry, false),
+    ];
+    let stored = record_both(&opened, &a, &b, &script, second(1)).await;
+    assert_eq!(stored.0, [true, true, true, false, true, true]);
+    assert_eq!(stored.0, stored.1);
+    let seen = opened.seen(&batched).await;
+    assert_eq!(seen, opened.seen(&single).await);
+    assert!(seen.contains("alert endpoint_failing"), "{seen}");
+    assert!(seen.contains("alert endpoint_recovered"), "{seen}");
+    assert!(seen.contains("outage since"), "{seen}");
 
-    let together = claim(store, &grouped, t2, 5).await;
-    assert_eq!(together.len(), 5);
-    let outcomes: Vec<AttemptOutcome> = together
-        .into_iter()
-        .map(|claimed| AttemptOutcome {
-            claimed,
-            attempt: attempt(t2, 200, "ok"),
-            after: AfterAttempt::Succeeded,
-        })
+    // The two retried deliveries come back first. A retry during the outage, then
+    // successes that close it without an alert (none was raised for this one).
+    let (a, b) = (
+        opened.claim(&batched, second(3), 3).await,
+        opened.claim(&single, second(3), 3).await,
+    );
+    let script = [(Went::RetryAt(second(4)), false), (ok, false), (ok, false)];
+    let stored = record_both(&opened, &a, &b, &script, second(3)).await;
+    assert_eq!(stored.0, stored.1);
+    let seen = opened.seen(&batched).await;
+    assert_eq!(seen, opened.seen(&single).await);
+    assert!(!seen.contains("outage since"), "{seen}");
+
+    // Only successes on a healthy endpoint: the third attempt of a delivery drops the
+    // reply body of the second, and a delivery that is gone is not stored.
+    let (a, b) = (
+        opened.claim(&batched, second(5), 3).await,
+        opened.claim(&single, second(5), 3).await,
+    );
+    let script = [(ok, false), (ok, false), (ok, true)];
+    let stored = record_both(&opened, &a, &b, &script, second(5)).await;
+    assert_eq!(stored.0, [true, true, false]);
+    assert_eq!(stored.0, stored.1);
+    let seen = opened.seen(&batched).await;
+    assert_eq!(seen, opened.seen(&single).await);
+    assert_eq!(
+        seen.matches("response_body_dropped: true").count(),
+        1,
+        "{seen}"
+    );
+
+    // A failure opens an alerted outage; the successes after it close the outage, and
+    // the recovery alert counts the deliveries as they were at the first success.
+    let (a, b) = (
+        opened.claim(&batched, second(6), 1).await,
+        opened.claim(&single, second(6), 1).await,
+    );
+    let stored = record_both(&opened, &a, &b, &[(fail, false)], second(6)).await;
+    assert_eq!(stored.0, stored.1);
+    let (a, b) = (
+        opened.claim(&batched, second(7), 3).await,
+        opened.claim(&single, second(7), 3).await,
+    );
+    let script = [(ok, false), (ok, false), (ok, false)];
+    let stored = record_both(&opened, &a, &b, &script, second(7)).await;
+    assert_eq!(stored.0, [true, true, true]);
+    let seen = opened.seen(&batched).await;
+    assert_eq!(seen, opened.seen(&single).await);
+    assert_eq!(
+        seen.matches("alert endpoint_recovered").count(),
+        2,
+        "{seen}"
+    );
+    assert!(!seen.contains("outage since"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_attempts_claims_the_lanes_next_deliveries_in_the_same_call() {
+    let opened = open().await;
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    let endpoint = opened.endpoint("lane", &event_type).await;
+    let t0 = Utc::now();
+    for n in 0..5 {
+        let event = new_event(&event_type, t0, n);
+        opened.store.insert_event(&event).await.expect("insert");
+    }
+    let first = opened.claim(&endpoint, t0, 2).await;
+    let outcomes = first
+        .iter()
+        .map(|c| outcome(c, Went::Succeeded, t0))
         .collect();
-    let recorded = store.record_many(outcomes, None).await.unwrap();
-    assert_eq!(recorded.stored, vec![true; 5]);
+    let then_claim = Some((request(&endpoint, t0), 10));
+    let recorded = opened.store.record_many(outcomes, then_claim).await;
+    let recorded = recorded.expect("record");
+    assert_eq!(recorded.stored, [true, true]);
+    let seqs = |claims: &[Claimed]| claims.iter().map(|c| c.seq).collect::<Vec<_>>();
+    let all: Vec<i64> = seqs(&first)
+        .into_iter()
+        .chain(seqs(&recorded.next))
+        .collect();
+    assert_eq!(recorded.next.len(), 3);
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "in accepted order: {all:?}"
+    );
+}
 
-    let alone_state = state(store, &alone).await;
-    let grouped_state = state(store, &grouped).await;
-    assert_eq!(grouped_state, alone_state);
-    assert!(
-        alone_state.contains(&"outage=false".to_string()),
-        "{alone_state:#?}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_for_a_deleted_endpoint_stores_nothing_and_fails_nothing() {
+    let opened = open().await;
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    let endpoint = opened.endpoint("gone", &event_type).await;
+    let t0 = Utc::now();
+    for n in 0..3 {
+        let event = new_event(&event_type, t0, n);
+        opened.store.insert_event(&event).await.expect("insert");
+    }
+    let claimed = opened.claim(&endpoint, t0, 3).await;
+    opened.store.delete_endpoint(&endpoint).await.unwrap();
+    let outcomes = vec![
+        outcome(&claimed[0], Went::Succeeded, t0),
+        outcome(&claimed[1], Went::Failed, t0),
+        outcome(&claimed[2], Went::Succeeded, t0),
+    ];
+    let then_claim = Some((request(&endpoint, t0), 10));
+    let recorded = opened.store.record_many(outcomes, then_claim).await;
+    let recorded = recorded.expect("record");
+    assert_eq!(recorded.stored, [false, false, false]);
+    assert!(recorded.next.is_empty());
+    assert!(opened.store.list_alerts(10).await.unwrap().is_empty());
+}
+
+/// A write that PostgreSQL refuses (a NUL character in a text column) breaks the
+/// transaction it runs in; the writes batched with it still commit, and only its own
+/// caller learns of the error. SQLite stores the NUL, so there is nothing to break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_in_a_group_commit_leaves_the_rest_of_its_batch_committed() {
+    if !on_postgres() {
+        return;
+    }
+    let opened = open().await;
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    let endpoint = opened.endpoint("batch", &event_type).await;
+    let t0 = Utc::now();
+    for n in 0..4 {
+        let event = new_event(&event_type, t0, n);
+        opened.store.insert_event(&event).await.expect("insert");
+    }
+    let claimed = opened.claim(&endpoint, t0, 4).await;
+
+    let mut events: Vec<NewEvent> = (10..40).map(|n| new_event(&event_type, t0, n)).collect();
+    events[15].body = "{\"text\":\"\0\"}".to_string();
+    let inserts = events.iter().map(|event| opened.store.insert_event(event));
+    let outcomes = claimed
+        .iter()
+        .map(|c| outcome(c, Went::Succeeded, t0))
+        .collect();
+    let (inserted, recorded) = tokio::join!(
+        futures_util::future::join_all(inserts),
+        opened.store.record_many(outcomes, None),
     );
-    assert!(
-        alone_state
-            .iter()
-            .any(|line| line.contains("endpoint_recovered")),
-        "the success closed an alerted outage: {alone_state:#?}"
-    );
+
+    assert_eq!(recorded.expect("record").stored, [true; 4]);
+    for (n, result) in inserted.iter().enumerate() {
+        match (n, result) {
+            (15, Err(StoreError::Database(_))) => {}
+            (15, other) => panic!("the event with a NUL was answered {other:?}"),
+            (_, Ok(accepted)) => assert_eq!(accepted.deliveries, 1),
+            (_, Err(err)) => panic!("event {n} failed with its batch: {err}"),
+        }
+    }
+    let filter = DeliveryFilter {
+        endpoint_id: Some(endpoint.clone()),
+        limit: 100,
+        ..DeliveryFilter::default()
+    };
+    let stored = opened.store.list_deliveries(&filter).await.unwrap();
+    assert_eq!(stored.items.len(), 4 + 29);
 }

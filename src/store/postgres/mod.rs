@@ -210,13 +210,8 @@ impl BatchWrites for PostgresWrites {
         queue::claim_in(conn, request, limit).await
     }
 
-    async fn record(
-        conn: &mut Self::Conn,
-        claimed: &Claimed,
-        attempt: &Attempt,
-        after: AfterAttempt,
-    ) -> StoreResult<bool> {
-        queue::record_in(conn, claimed, attempt, after).await
+    async fn record(conn: &mut Self::Conn, outcomes: &[AttemptOutcome]) -> StoreResult<Vec<bool>> {
+        queue::record_in(conn, outcomes).await
     }
 
     async fn after_new_deliveries(conn: &mut Self::Conn) -> StoreResult<()> {
@@ -776,6 +771,16 @@ impl Store for PostgresStore {
         self.writer_queue.claim(request, limit).await
     }
 
+    /// One job for the writer, however many outcomes: see `queue::record_in` for what
+    /// it costs.
+    async fn record_many(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
+        self.writer_queue.record(outcomes, then_claim).await
+    }
+
     async fn record_attempt(
         &self,
         claimed: &Claimed,
@@ -783,9 +788,19 @@ impl Store for PostgresStore {
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
     ) -> StoreResult<Recorded> {
-        self.writer_queue
-            .record(claimed.clone(), attempt.clone(), after, then_claim)
-            .await
+        let outcome = AttemptOutcome {
+            claimed: claimed.clone(),
+            attempt: attempt.clone(),
+            after,
+        };
+        let many = self
+            .writer_queue
+            .record(vec![outcome], then_claim.map(|request| (request, 1)))
+            .await?;
+        Ok(Recorded {
+            stored: many.stored.first().copied().unwrap_or(false),
+            next: many.next.into_iter().next(),
+        })
     }
 
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {

@@ -1,5 +1,5 @@
 //! The hot path on PostgreSQL: ingest, claims and attempt records, each run inside the
-//! group-committed transaction of [`super::super::batch`].
+//! group-committed transaction of [`super::writer`].
 //!
 //! Several processes share the queue. Two rules keep them from stepping on each other:
 //!
@@ -12,6 +12,8 @@
 //! - Recording an attempt takes the same endpoint lock first, before any delivery row,
 //!   so every transaction takes its locks in the order endpoint, then deliveries.
 
+use std::collections::BTreeMap;
+
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::Row;
 
@@ -22,27 +24,32 @@ use crate::model::{
     AfterAttempt, AlertDetail, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering,
 };
 use crate::store::{
-    describe_failure, from_micros, micros, Accepted, ClaimRequest, Claimed, StoreError, StoreResult,
+    describe_failure, from_micros, micros, Accepted, AttemptOutcome, ClaimRequest, Claimed,
+    StoreError, StoreResult,
 };
 
 /// Stores an event and its deliveries. A concurrent insert of the same idempotency key
 /// by another process waits for that one to commit and is then answered as a replay.
+/// Two statements: what ingest must know, then the event with all its deliveries.
 pub(super) async fn insert_event_in(
     conn: &mut PgConnection,
     event: &NewEvent,
 ) -> StoreResult<Accepted> {
-    if let Some(earlier) = replay_idempotent(conn, event).await? {
-        return Ok(earlier);
-    }
     let targets = sqlx::query(
-        "SELECT EXISTS (SELECT 1 FROM event_types WHERE name = $1) AS known, \
+        "SELECT earlier.id, earlier.request_hash, earlier.delivery_count, \
+         EXISTS (SELECT 1 FROM event_types WHERE name = $1) AS known, \
          ARRAY(SELECT s.endpoint_id FROM endpoint_events s \
            JOIN endpoints e ON e.id = s.endpoint_id \
-           WHERE s.event_type = $1 AND e.enabled ORDER BY s.endpoint_id) AS endpoints",
+           WHERE s.event_type = $1 AND e.enabled ORDER BY s.endpoint_id) AS endpoints \
+         FROM (SELECT) AS one LEFT JOIN events earlier ON earlier.idempotency_key = $2",
     )
     .bind(&event.event_type)
+    .bind(&event.idempotency_key)
     .fetch_one(&mut *conn)
     .await?;
+    if let Some(earlier) = replay_of(&targets, event)? {
+        return Ok(earlier);
+    }
     if !targets.get::<bool, _>("known") {
         return Err(StoreError::UnknownEventType);
     }
@@ -93,23 +100,29 @@ async fn replay_idempotent(
     conn: &mut PgConnection,
     event: &NewEvent,
 ) -> StoreResult<Option<Accepted>> {
-    let Some(key) = &event.idempotency_key else {
-        return Ok(None);
-    };
     let row = sqlx::query(
         "SELECT id, request_hash, delivery_count FROM events WHERE idempotency_key = $1",
     )
-    .bind(key)
+    .bind(&event.idempotency_key)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else {
+    match row {
+        Some(row) => replay_of(&row, event),
+        None => Ok(None),
+    }
+}
+
+/// The first answer again, when `row` holds an earlier event with the same idempotency
+/// key (`id` is NULL otherwise); a refusal when that event came from another request.
+fn replay_of(row: &PgRow, event: &NewEvent) -> StoreResult<Option<Accepted>> {
+    let Some(event_id) = row.get::<Option<String>, _>("id") else {
         return Ok(None);
     };
     if row.get::<String, _>("request_hash") != event.request_hash {
         return Err(StoreError::IdempotencyMismatch);
     }
     Ok(Some(Accepted {
-        event_id: row.get("id"),
+        event_id,
         deliveries: row.get("delivery_count"),
         replayed: true,
     }))
@@ -178,7 +191,7 @@ pub(super) async fn claim_in(
         .bind(limit.max(1) as i64)
         .fetch_all(&mut *conn)
         .await;
-    // After an error the job's savepoint is rolled back, and the settings with it.
+    // After an error the whole transaction is rolled back, and the settings with it.
     let rows = rows?;
     sqlx::Executor::execute(&mut *conn, PLAN_FREELY).await?;
     let mut claimed: Vec<Claimed> = rows
@@ -193,67 +206,200 @@ pub(super) async fn claim_in(
     Ok(claimed)
 }
 
-/// Records an attempt; false when the delivery is gone (its endpoint was deleted).
+/// Records a lane's attempts, in the order they were made; per outcome, false when its
+/// delivery is gone (its endpoint was deleted).
+///
+/// The usual batch, every attempt a success on an endpoint that is not failing, takes
+/// two statements however many attempts it holds: it cannot open, close or alert on an
+/// outage. Anything else is recorded one attempt at a time, in order: a failure may
+/// open an outage or raise an alert, a success may close one and announce it, and an
+/// alert describes the endpoint's deliveries as they were at that attempt.
 pub(super) async fn record_in(
     conn: &mut PgConnection,
-    claimed: &Claimed,
-    attempt: &Attempt,
-    after: AfterAttempt,
-) -> StoreResult<bool> {
-    // First the endpoint row: the lock order every claim follows.
-    let at = micros(attempt.attempted_at);
-    sqlx::query("UPDATE endpoints SET last_triggered_at = $1 WHERE id = $2")
-        .bind(at)
-        .bind(&claimed.endpoint.id)
-        .execute(&mut *conn)
-        .await?;
-
-    let (status, next) = match after {
-        AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
-        AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
-        AfterAttempt::Failed => (DeliveryStatus::Failed, None),
-    };
-    // Only the first and the latest reply bodies are kept: a receiver that answers every
-    // retry with the same large error page must not fill the disk with copies of it.
-    sqlx::query(
-        "UPDATE attempts SET response_body = NULL, response_body_dropped = true \
-         WHERE delivery_seq = $1 AND response_body IS NOT NULL \
-         AND id > (SELECT min(id) FROM attempts WHERE delivery_seq = $1)",
-    )
-    .bind(claimed.seq)
-    .execute(&mut *conn)
-    .await?;
-
-    let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
-    let stored: Option<i64> = sqlx::query_scalar(
-        "WITH d AS ( \
-           UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, \
-             first_attempt_at = coalesce(first_attempt_at, $3), last_attempt_at = $3, \
-             attempt_count = attempt_count + 1 WHERE seq = $4 RETURNING seq) \
-         INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
-           response_headers, response_body, response_truncated, error_kind, error) \
-         SELECT d.seq, $3, $5, $6, $7, $8, $9, $10, $11 FROM d RETURNING delivery_seq",
-    )
-    .bind(status.as_str())
-    .bind(next)
-    .bind(at)
-    .bind(claimed.seq)
-    .bind(attempt.duration_ms)
-    .bind(attempt.status_code.map(i64::from))
-    .bind(without_nul(&headers))
-    .bind(attempt.response_body.as_deref().map(str::as_bytes))
-    .bind(attempt.response_truncated)
-    .bind(attempt.error_kind.map(|k| k.as_str()))
-    .bind(attempt.error.as_deref().map(without_nul))
-    .fetch_optional(&mut *conn)
-    .await?;
-    if stored.is_none() {
-        return Ok(false);
+    outcomes: &[AttemptOutcome],
+) -> StoreResult<Vec<bool>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
     }
-    if !claimed.delivery.test {
-        track_outage(conn, claimed, attempt, after).await?;
+    let endpoints = touch_endpoints(conn, outcomes).await?;
+    if plain_successes(outcomes) {
+        if let Some(stored) = store_attempts(conn, outcomes, &endpoints).await? {
+            return Ok(stored);
+        }
     }
-    Ok(true)
+    record_one_by_one(conn, outcomes).await
+}
+
+/// Whether every attempt succeeded, none of them for a test delivery (which leaves
+/// outages alone), each for a different delivery.
+fn plain_successes(outcomes: &[AttemptOutcome]) -> bool {
+    let mut seqs: Vec<i64> = outcomes.iter().map(|o| o.claimed.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.len() == outcomes.len()
+        && outcomes
+            .iter()
+            .all(|o| o.after == AfterAttempt::Succeeded && !o.claimed.delivery.test)
+}
+
+async fn record_one_by_one(
+    conn: &mut PgConnection,
+    outcomes: &[AttemptOutcome],
+) -> StoreResult<Vec<bool>> {
+    let mut stored = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let one = store_attempts(conn, std::slice::from_ref(outcome), &[]).await?;
+        let kept = one.unwrap_or_default().first().copied().unwrap_or(false);
+        if kept && !outcome.claimed.delivery.test {
+            track_outage(conn, &outcome.claimed, &outcome.attempt, outcome.after).await?;
+        }
+        stored.push(kept);
+    }
+    Ok(stored)
+}
+
+/// Notes when each endpoint was last sent to, and returns their ids. The endpoint rows
+/// are locked first, in id order: the lock order every claim follows. Every change to
+/// an endpoint's outage row takes that lock first too, so from here until the commit
+/// the outage rows of these endpoints stay as the next statement finds them.
+async fn touch_endpoints<'a>(
+    conn: &mut PgConnection,
+    outcomes: &'a [AttemptOutcome],
+) -> StoreResult<Vec<&'a str>> {
+    // A later outcome overwrites an earlier one: the last attempt recorded sets the time.
+    let latest: BTreeMap<&str, i64> = outcomes
+        .iter()
+        .map(|o| {
+            (
+                o.claimed.endpoint.id.as_str(),
+                micros(o.attempt.attempted_at),
+            )
+        })
+        .collect();
+    for (endpoint_id, at) in &latest {
+        sqlx::query("UPDATE endpoints SET last_triggered_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(endpoint_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(latest.into_keys().collect())
+}
+
+/// Stores the attempts and their deliveries' new states, releasing the leases, in one
+/// statement; per outcome, false when its delivery is gone. Each outcome must be for a
+/// different delivery. When one of the endpoints `unless_failing` has an outage row,
+/// it writes nothing and returns `None`. That check must be in the same statement as
+/// the writes, after the endpoints are locked: a statement reads other rows as they
+/// were when it began, so a check made while waiting for the lock could miss an outage
+/// that the lock's holder opened.
+///
+/// Only the first and the latest reply bodies of a delivery are kept: a receiver that
+/// answers every retry with the same large error page must not fill the disk with
+/// copies of it. The statement's parts all read the rows as they were before it, so
+/// the bodies dropped are those of the attempts stored before, never the new ones.
+async fn store_attempts(
+    conn: &mut PgConnection,
+    outcomes: &[AttemptOutcome],
+    unless_failing: &[&str],
+) -> StoreResult<Option<Vec<bool>>> {
+    let columns = AttemptColumns::of(outcomes);
+    let (failing, stored): (bool, Vec<i64>) = sqlx::query_as(
+        "WITH failing AS ( \
+           SELECT EXISTS (SELECT 1 FROM endpoint_outages WHERE endpoint_id = ANY($12)) AS yes), \
+         o AS ( \
+           SELECT u.* FROM failing, unnest($1::bigint[], $2::text[], $3::bigint[], \
+             $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::bytea[], \
+             $9::boolean[], $10::text[], $11::text[]) WITH ORDINALITY AS u(seq, status, \
+             next_attempt_at, attempted_at, duration_ms, status_code, response_headers, \
+             response_body, response_truncated, error_kind, error, n) \
+           WHERE NOT failing.yes), \
+         d AS ( \
+           UPDATE deliveries t SET status = o.status, next_attempt_at = o.next_attempt_at, \
+             lease_until = NULL, last_attempt_at = o.attempted_at, \
+             first_attempt_at = coalesce(t.first_attempt_at, o.attempted_at), \
+             attempt_count = t.attempt_count + 1 \
+           FROM o WHERE t.seq = o.seq RETURNING t.seq), \
+         dropped AS ( \
+           UPDATE attempts x SET response_body = NULL, response_body_dropped = true \
+           FROM d WHERE x.delivery_seq = d.seq AND x.response_body IS NOT NULL \
+           AND x.id > (SELECT min(f.id) FROM attempts f WHERE f.delivery_seq = d.seq)), \
+         added AS ( \
+           INSERT INTO attempts (delivery_seq, attempted_at, duration_ms, status_code, \
+             response_headers, response_body, response_truncated, error_kind, error) \
+           SELECT o.seq, o.attempted_at, o.duration_ms, o.status_code, o.response_headers, \
+             o.response_body, o.response_truncated, o.error_kind, o.error \
+           FROM o JOIN d ON d.seq = o.seq ORDER BY o.n) \
+         SELECT failing.yes, ARRAY(SELECT seq FROM d) FROM failing",
+    )
+    .bind(&columns.seq)
+    .bind(&columns.status)
+    .bind(&columns.next_attempt_at)
+    .bind(&columns.attempted_at)
+    .bind(&columns.duration_ms)
+    .bind(&columns.status_code)
+    .bind(&columns.response_headers)
+    .bind(&columns.response_body)
+    .bind(&columns.response_truncated)
+    .bind(&columns.error_kind)
+    .bind(&columns.error)
+    .bind(unless_failing)
+    .fetch_one(&mut *conn)
+    .await?;
+    if failing {
+        return Ok(None);
+    }
+    Ok(Some(
+        columns.seq.iter().map(|seq| stored.contains(seq)).collect(),
+    ))
+}
+
+/// The outcomes as one array per column, to be bound to `unnest`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    seq: Vec<i64>,
+    status: Vec<&'static str>,
+    next_attempt_at: Vec<Option<i64>>,
+    attempted_at: Vec<i64>,
+    duration_ms: Vec<i64>,
+    status_code: Vec<Option<i64>>,
+    response_headers: Vec<String>,
+    response_body: Vec<Option<&'a [u8]>>,
+    response_truncated: Vec<bool>,
+    error_kind: Vec<Option<&'static str>>,
+    error: Vec<Option<String>>,
+}
+
+impl<'a> AttemptColumns<'a> {
+    fn of(outcomes: &'a [AttemptOutcome]) -> AttemptColumns<'a> {
+        let mut columns = AttemptColumns::default();
+        for outcome in outcomes {
+            columns.push(outcome);
+        }
+        columns
+    }
+
+    fn push(&mut self, outcome: &'a AttemptOutcome) {
+        let attempt = &outcome.attempt;
+        let (status, next) = match outcome.after {
+            AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
+            AfterAttempt::RetryAt(at) => (DeliveryStatus::Pending, Some(micros(at))),
+            AfterAttempt::Failed => (DeliveryStatus::Failed, None),
+        };
+        let headers = serde_json::to_string(&attempt.response_headers).expect("strings serialize");
+        self.seq.push(outcome.claimed.seq);
+        self.status.push(status.as_str());
+        self.next_attempt_at.push(next);
+        self.attempted_at.push(micros(attempt.attempted_at));
+        self.duration_ms.push(attempt.duration_ms);
+        self.status_code.push(attempt.status_code.map(i64::from));
+        self.response_headers.push(without_nul(&headers));
+        self.response_body
+            .push(attempt.response_body.as_deref().map(str::as_bytes));
+        self.response_truncated.push(attempt.response_truncated);
+        self.error_kind.push(attempt.error_kind.map(|k| k.as_str()));
+        self.error.push(attempt.error.as_deref().map(without_nul));
+    }
 }
 
 /// PostgreSQL refuses the NUL character in text. Text Herald writes itself can hold

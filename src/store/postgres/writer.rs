@@ -1,11 +1,18 @@
 //! Group commit on PostgreSQL for the hot writes: event ingest, claims and attempt
 //! records.
 //!
-//! One task per process owns one connection for these writes. It takes every job
-//! waiting in its queue, runs them in one transaction (each behind its own savepoint, so
-//! one job's error leaves the others intact), commits once, and only then answers each
-//! caller. A commit is a round trip and a WAL flush; sharing one between many jobs is
-//! what makes that affordable. (SQLite has its own writer, `store::sqlite::writer`.)
+//! One task per process owns one connection for these writes, and keeps it from one
+//! batch to the next. It takes every job waiting in its queue, runs them in one
+//! transaction, commits once, and only then answers each caller. A commit is a round
+//! trip and a WAL flush; sharing one between many jobs is what makes that affordable.
+//! (SQLite has its own writer, `store::sqlite::writer`.)
+//!
+//! Jobs run straight in the transaction, with no savepoint of their own: a savepoint
+//! and its release are two more round trips per job. A job that refuses (an unknown
+//! event type, a reused idempotency key) does so before it writes anything, so the
+//! batch goes on. A job that hits a database error leaves the transaction aborted:
+//! the batch is rolled back and every job of it runs again in a transaction of its
+//! own, so that only the one at fault answers with its error.
 //!
 //! What a job does on the connection is `queue.rs`'s, behind [`BatchWrites`]; this
 //! module only batches, orders the jobs so that processes never wait on each other in
@@ -13,10 +20,12 @@
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::model::{AfterAttempt, Attempt, NewEvent};
-use crate::store::{Accepted, ClaimRequest, Claimed, Recorded, StoreError, StoreResult};
+use crate::model::NewEvent;
+use crate::store::{
+    Accepted, AttemptOutcome, ClaimRequest, Claimed, RecordedMany, StoreError, StoreResult,
+};
 
 /// The most jobs in one transaction; bounds how long one commit keeps callers waiting.
 const MAX_BATCH: usize = 512;
@@ -44,13 +53,9 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
         request: &ClaimRequest,
         limit: usize,
     ) -> StoreResult<Vec<Claimed>>;
-    /// Records an attempt; false when the delivery no longer exists.
-    async fn record(
-        conn: &mut Self::Conn,
-        claimed: &Claimed,
-        attempt: &Attempt,
-        after: AfterAttempt,
-    ) -> StoreResult<bool>;
+    /// Records a lane's attempts in the order they were made; per outcome, false when
+    /// its delivery no longer exists.
+    async fn record(conn: &mut Self::Conn, outcomes: &[AttemptOutcome]) -> StoreResult<Vec<bool>>;
 
     /// Runs last in every transaction that stored at least one new delivery.
     async fn after_new_deliveries(_conn: &mut Self::Conn) -> StoreResult<()> {
@@ -59,89 +64,36 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
 }
 
 enum Job {
-    Insert(NewEvent, oneshot::Sender<StoreResult<Accepted>>),
-    Claim(
-        ClaimRequest,
-        usize,
-        oneshot::Sender<StoreResult<Vec<Claimed>>>,
-    ),
-    Record(Box<RecordJob>, oneshot::Sender<StoreResult<Recorded>>),
+    Insert(NewEvent),
+    Claim(ClaimRequest, usize),
+    Record(RecordJob),
 }
 
 struct RecordJob {
-    claimed: Claimed,
-    attempt: Attempt,
-    after: AfterAttempt,
-    then_claim: Option<ClaimRequest>,
+    outcomes: Vec<AttemptOutcome>,
+    then_claim: Option<(ClaimRequest, usize)>,
+}
+
+/// Where a job's answer goes.
+enum Reply {
+    Insert(oneshot::Sender<StoreResult<Accepted>>),
+    Claim(oneshot::Sender<StoreResult<Vec<Claimed>>>),
+    Record(oneshot::Sender<StoreResult<RecordedMany>>),
 }
 
 /// A job's result, held until the transaction commits.
-enum Done {
-    Insert(
-        StoreResult<Accepted>,
-        oneshot::Sender<StoreResult<Accepted>>,
-    ),
-    Claim(
-        StoreResult<Vec<Claimed>>,
-        oneshot::Sender<StoreResult<Vec<Claimed>>>,
-    ),
-    Record(
-        Box<StoreResult<Recorded>>,
-        oneshot::Sender<StoreResult<Recorded>>,
-    ),
-}
-
-impl Done {
-    fn failed(&self) -> bool {
-        match self {
-            Done::Insert(result, _) => result.is_err(),
-            Done::Claim(result, _) => result.is_err(),
-            Done::Record(result, _) => result.is_err(),
-        }
-    }
-
-    /// Whether this job stored at least one new delivery.
-    fn stored_deliveries(&self) -> bool {
-        matches!(self, Done::Insert(Ok(accepted), _) if accepted.deliveries > 0 && !accepted.replayed)
-    }
-
-    fn answer(self) {
-        // A caller that stopped waiting has nothing left to learn.
-        let _ = match self {
-            Done::Insert(result, reply) => reply.send(result).map_err(drop),
-            Done::Claim(result, reply) => reply.send(result).map_err(drop),
-            Done::Record(result, reply) => reply.send(*result).map_err(drop),
-        };
-    }
-
-    fn answer_error(self, why: &str) {
-        let _ = match self {
-            Done::Insert(_, reply) => reply.send(unavailable(why)).map_err(drop),
-            Done::Claim(_, reply) => reply.send(unavailable(why)).map_err(drop),
-            Done::Record(_, reply) => reply.send(unavailable(why)).map_err(drop),
-        };
-    }
+enum Output {
+    Insert(StoreResult<Accepted>),
+    Claim(StoreResult<Vec<Claimed>>),
+    Record(StoreResult<RecordedMany>),
 }
 
 impl Job {
-    async fn run<W: BatchWrites>(self, conn: &mut W::Conn) -> Done {
+    async fn run<W: BatchWrites>(&self, conn: &mut W::Conn) -> Output {
         match self {
-            Job::Insert(event, reply) => Done::Insert(W::insert_event(conn, &event).await, reply),
-            Job::Claim(request, limit, reply) => {
-                Done::Claim(W::claim(conn, &request, limit).await, reply)
-            }
-            Job::Record(job, reply) => {
-                Done::Record(Box::new(record_and_claim::<W>(conn, *job).await), reply)
-            }
-        }
-    }
-
-    /// Turns a job that never ran into a result that says why.
-    fn not_run(self, why: &str) -> Done {
-        match self {
-            Job::Insert(_, reply) => Done::Insert(unavailable(why), reply),
-            Job::Claim(_, _, reply) => Done::Claim(unavailable(why), reply),
-            Job::Record(_, reply) => Done::Record(Box::new(unavailable(why)), reply),
+            Job::Insert(event) => Output::Insert(W::insert_event(conn, event).await),
+            Job::Claim(request, limit) => Output::Claim(W::claim(conn, request, *limit).await),
+            Job::Record(job) => Output::Record(record_and_claim::<W>(conn, job).await),
         }
     }
 
@@ -149,13 +101,68 @@ impl Job {
     /// endpoint's row on PostgreSQL; taking those locks in one global order (by
     /// endpoint id, before any insert) means two processes' batches can never wait for
     /// each other in a cycle. Inserts follow, ordered by idempotency key, for the same
-    /// reason with the key's unique index.
+    /// reason with the key's unique index. A record job holds one lane's outcomes, all
+    /// for one endpoint, and claims for that endpoint next.
     fn lock_order(&self) -> (u8, &str) {
         match self {
-            Job::Claim(request, _, _) => (0, &request.endpoint_id),
-            Job::Record(job, _) => (0, &job.claimed.endpoint.id),
-            Job::Insert(event, _) => (1, event.idempotency_key.as_deref().unwrap_or("")),
+            Job::Claim(request, _) => (0, &request.endpoint_id),
+            Job::Record(job) => {
+                let first = job.outcomes.first().map(|o| o.claimed.endpoint.id.as_str());
+                let claim = job.then_claim.as_ref().map(|(r, _)| r.endpoint_id.as_str());
+                (0, first.or(claim).unwrap_or(""))
+            }
+            Job::Insert(event) => (1, event.idempotency_key.as_deref().unwrap_or("")),
         }
+    }
+}
+
+impl Output {
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Output::Insert(r) => r.as_ref().err(),
+            Output::Claim(r) => r.as_ref().err(),
+            Output::Record(r) => r.as_ref().err(),
+        }
+    }
+
+    /// Whether the job failed in a way that may have left the transaction aborted or
+    /// the job half-done. Refusals are decided before a job writes anything.
+    fn broke_transaction(&self) -> bool {
+        let refusal = |err: &StoreError| {
+            matches!(
+                err,
+                StoreError::UnknownEventType | StoreError::IdempotencyMismatch
+            )
+        };
+        self.error().is_some_and(|err| !refusal(err))
+    }
+
+    /// Whether this job stored at least one new delivery.
+    fn stored_deliveries(&self) -> bool {
+        let Output::Insert(Ok(accepted)) = self else {
+            return false;
+        };
+        accepted.deliveries > 0 && !accepted.replayed
+    }
+}
+
+impl Reply {
+    fn send(self, output: Output) {
+        // A caller that stopped waiting has nothing left to learn.
+        let _ = match (self, output) {
+            (Reply::Insert(to), Output::Insert(r)) => to.send(r).map_err(drop),
+            (Reply::Claim(to), Output::Claim(r)) => to.send(r).map_err(drop),
+            (Reply::Record(to), Output::Record(r)) => to.send(r).map_err(drop),
+            (reply, _) => return reply.fail("internal: mismatched answer"),
+        };
+    }
+
+    fn fail(self, why: &str) {
+        let _ = match self {
+            Reply::Insert(to) => to.send(unavailable(why)).map_err(drop),
+            Reply::Claim(to) => to.send(unavailable(why)).map_err(drop),
+            Reply::Record(to) => to.send(unavailable(why)).map_err(drop),
+        };
     }
 }
 
@@ -165,40 +172,42 @@ fn unavailable<T>(why: &str) -> StoreResult<T> {
 
 async fn record_and_claim<W: BatchWrites>(
     conn: &mut W::Conn,
-    job: RecordJob,
-) -> StoreResult<Recorded> {
-    let stored = W::record(conn, &job.claimed, &job.attempt, job.after).await?;
+    job: &RecordJob,
+) -> StoreResult<RecordedMany> {
+    let stored = W::record(conn, &job.outcomes).await?;
     let next = match &job.then_claim {
-        Some(request) => W::claim(conn, request, 1).await?.pop(),
-        None => None,
+        Some((request, limit)) => W::claim(conn, request, *limit).await?,
+        None => Vec::new(),
     };
-    Ok(Recorded { stored, next })
+    Ok(RecordedMany { stored, next })
 }
 
 /// The queue in front of the writer task.
 pub(super) struct WriterQueue {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<(Job, Reply)>,
 }
 
 impl WriterQueue {
     pub(super) fn start<W: BatchWrites>(target: W) -> WriterQueue {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(target, queue));
+        let writer = Writer { target, conn: None };
+        tokio::spawn(writer.run(queue));
         WriterQueue { jobs }
     }
 
     async fn submit<T>(
         &self,
-        job: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Job,
+        job: Job,
+        reply: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Reply,
     ) -> StoreResult<T> {
-        let (reply, answer) = oneshot::channel();
+        let (to, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the database writer has stopped".to_string());
-        self.jobs.send(job(reply)).await.map_err(|_| gone())?;
+        self.jobs.send((job, reply(to))).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
     pub(super) async fn insert_event(&self, event: NewEvent) -> StoreResult<Accepted> {
-        self.submit(|reply| Job::Insert(event, reply)).await
+        self.submit(Job::Insert(event), Reply::Insert).await
     }
 
     pub(super) async fn claim(
@@ -206,108 +215,317 @@ impl WriterQueue {
         request: ClaimRequest,
         limit: usize,
     ) -> StoreResult<Vec<Claimed>> {
-        self.submit(|reply| Job::Claim(request, limit, reply)).await
+        self.submit(Job::Claim(request, limit), Reply::Claim).await
     }
 
     pub(super) async fn record(
         &self,
-        claimed: Claimed,
-        attempt: Attempt,
-        after: AfterAttempt,
-        then_claim: Option<ClaimRequest>,
-    ) -> StoreResult<Recorded> {
+        outcomes: Vec<AttemptOutcome>,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> StoreResult<RecordedMany> {
         let job = RecordJob {
-            claimed,
-            attempt,
-            after,
+            outcomes,
             then_claim,
         };
-        self.submit(|reply| Job::Record(Box::new(job), reply)).await
+        self.submit(Job::Record(job), Reply::Record).await
     }
 }
 
-async fn run<W: BatchWrites>(target: W, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// How a transaction ended.
+enum Ended {
+    /// Every job has its answer, and the connection can be used again.
+    Answered,
+    /// A job hit a database error and the transaction was rolled back; the jobs come
+    /// back unanswered, to be run again.
+    RolledBack(Vec<(Job, Reply)>),
+    /// Every job has its answer, but the connection may be left mid-transaction: it
+    /// must not be used again.
+    ConnectionLost,
+}
+
+/// The writer task's state.
+struct Writer<W: BatchWrites> {
+    target: W,
+    /// Kept from one batch to the next: the pool would ping it once when handing it
+    /// back and once when lending it again, two round trips per batch.
+    conn: Option<W::Conn>,
+}
+
+impl<W: BatchWrites> Writer<W> {
+    async fn run(mut self, mut queue: mpsc::Receiver<(Job, Reply)>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch.sort_by(|(a, _), (b, _)| a.lock_order().cmp(&b.lock_order()));
+            self.commit_batch(batch).await;
+        }
+        if let Some(conn) = self.conn.take() {
+            W::close(conn).await;
+        }
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<(Job, Reply)>) {
+        let Ended::RolledBack(batch) = self.commit_together(batch).await else {
+            return;
+        };
+        // One job broke the batch; each job gets a transaction of its own, so that only
+        // the one at fault answers with its error.
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
+            if let Ended::ConnectionLost = self.commit_together(vec![job]).await {
+                let why = "not run: the connection to the database was lost";
+                fail_all(jobs.map(|(_, reply)| reply), why);
+                return;
             }
         }
-        batch.sort_by(|a, b| a.lock_order().cmp(&b.lock_order()));
-        commit_batch(&target, batch).await;
-    }
-}
-
-async fn commit_batch<W: BatchWrites>(target: &W, batch: Vec<Job>) {
-    let mut conn = match target.acquire().await {
-        Ok(conn) => conn,
-        Err(err) => return fail_unrun(batch, &err.to_string()),
-    };
-    if let Err(err) = W::exec(&mut conn, W::BEGIN).await {
-        return fail_unrun(batch, &err.to_string());
     }
 
-    let mut done = Vec::with_capacity(batch.len());
-    let mut jobs = batch.into_iter();
-    while let Some(job) = jobs.next() {
-        if let Err(err) = W::exec(&mut conn, "SAVEPOINT job").await {
-            done.push(job.not_run(&err.to_string()));
-            done.extend(jobs.map(|job| job.not_run(&err.to_string())));
-            return abandon::<W>(conn, done, &err).await;
-        }
-        let result = job.run::<W>(&mut conn).await;
-        let cleanup = match result.failed() {
-            true => W::exec(&mut conn, "ROLLBACK TO job; RELEASE job").await,
-            false => W::exec(&mut conn, "RELEASE job").await,
+    /// Runs the jobs in one transaction and answers them after the commit.
+    async fn commit_together(&mut self, batch: Vec<(Job, Reply)>) -> Ended {
+        let mut conn = match self.begin().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                let why = format!("not run: the transaction could not start: {err}");
+                fail_all(batch.into_iter().map(|(_, reply)| reply), &why);
+                return Ended::Answered;
+            }
         };
-        done.push(result);
-        // A savepoint that cannot be closed leaves the transaction aborted. PostgreSQL
-        // would then turn COMMIT into a silent rollback, so nothing may be answered as
-        // stored: every job of the batch fails.
-        if let Err(err) = cleanup {
-            done.extend(jobs.map(|job| job.not_run(&err.to_string())));
-            return abandon::<W>(conn, done, &err).await;
+        let ended = run_in_transaction::<W>(&mut conn, batch).await;
+        match ended {
+            Ended::ConnectionLost => W::close(conn).await,
+            _ => self.conn = Some(conn),
+        }
+        ended
+    }
+
+    /// Opens a transaction on the kept connection. A connection that broke while it
+    /// sat idle (the database restarted, say) fails here, before any job ran; it is
+    /// replaced once.
+    async fn begin(&mut self) -> StoreResult<W::Conn> {
+        if let Some(mut conn) = self.conn.take() {
+            match W::exec(&mut conn, W::BEGIN).await {
+                Ok(()) => return Ok(conn),
+                Err(_) => W::close(conn).await,
+            }
+        }
+        let mut conn = self.target.acquire().await?;
+        match W::exec(&mut conn, W::BEGIN).await {
+            Ok(()) => Ok(conn),
+            Err(err) => {
+                W::close(conn).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn run_in_transaction<W: BatchWrites>(conn: &mut W::Conn, batch: Vec<(Job, Reply)>) -> Ended {
+    let mut outputs = Vec::with_capacity(batch.len());
+    for (job, _) in &batch {
+        let output = job.run::<W>(conn).await;
+        if output.broke_transaction() {
+            return roll_back::<W>(conn, batch, Ok(output)).await;
+        }
+        outputs.push(output);
+    }
+
+    if outputs.iter().any(Output::stored_deliveries) {
+        if let Err(err) = W::after_new_deliveries(conn).await {
+            return roll_back::<W>(conn, batch, Err(err)).await;
+        }
+    }
+    match W::exec(conn, "COMMIT").await {
+        Ok(()) => {
+            for ((_, reply), output) in batch.into_iter().zip(outputs) {
+                reply.send(output);
+            }
+            Ended::Answered
+        }
+        // Whether a failed COMMIT took effect is unknown, so nothing is run again.
+        Err(err) => {
+            let lost = W::exec(conn, "ROLLBACK").await.is_err();
+            fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
+            match lost {
+                true => Ended::ConnectionLost,
+                false => Ended::Answered,
+            }
+        }
+    }
+}
+
+/// Rolls back a transaction that `failure` broke. A job alone answers with its own
+/// error; a batch comes back to be run again job by job. A connection that cannot even
+/// roll back is given up, and every job fails: the database is most likely away.
+async fn roll_back<W: BatchWrites>(
+    conn: &mut W::Conn,
+    batch: Vec<(Job, Reply)>,
+    failure: StoreResult<Output>,
+) -> Ended {
+    if let Err(err) = W::exec(conn, "ROLLBACK").await {
+        fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
+        return Ended::ConnectionLost;
+    }
+    if batch.len() > 1 {
+        let cause = match &failure {
+            Ok(output) => output.error().map(ToString::to_string),
+            Err(err) => Some(err.to_string()),
+        };
+        debug!(
+            cause = cause.unwrap_or_default(),
+            jobs = batch.len(),
+            "a write broke its batch; running each job of it alone"
+        );
+        return Ended::RolledBack(batch);
+    }
+    if let Some((_, reply)) = batch.into_iter().next() {
+        match failure {
+            Ok(output) => reply.send(output),
+            Err(err) => reply.fail(&err.to_string()),
+        }
+    }
+    Ended::Answered
+}
+
+fn fail_all(replies: impl Iterator<Item = Reply>, why: &str) {
+    let mut count = 0;
+    for reply in replies {
+        reply.fail(why);
+        count += 1;
+    }
+    if count > 0 {
+        warn!(
+            cause = why,
+            jobs = count,
+            "a batch of writes was not committed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A stand-in database that stores event ids: written inside a transaction, kept at
+    /// its commit. Events of type "unknown" are refused; events of type "breaks" are
+    /// half written, then fail as a database error would.
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<FakeState>>);
+
+    #[derive(Default)]
+    struct FakeState {
+        committed: Vec<String>,
+        open: Vec<String>,
+        statements: Vec<&'static str>,
+    }
+
+    #[async_trait]
+    impl BatchWrites for Fake {
+        type Conn = Fake;
+
+        const BEGIN: &'static str = "BEGIN";
+
+        async fn acquire(&self) -> StoreResult<Fake> {
+            Ok(self.clone())
+        }
+
+        async fn close(_conn: Fake) {}
+
+        async fn exec(conn: &mut Fake, sql: &'static str) -> StoreResult<()> {
+            let mut state = conn.0.lock().unwrap();
+            state.statements.push(sql);
+            let open = std::mem::take(&mut state.open);
+            match sql {
+                "COMMIT" => state.committed.extend(open),
+                "ROLLBACK" => {}
+                _ => state.open = open,
+            }
+            Ok(())
+        }
+
+        async fn insert_event(conn: &mut Fake, event: &NewEvent) -> StoreResult<Accepted> {
+            if event.event_type == "unknown" {
+                return Err(StoreError::UnknownEventType);
+            }
+            conn.0.lock().unwrap().open.push(event.id.clone());
+            if event.event_type == "breaks" {
+                return Err(StoreError::Database(sqlx::Error::RowNotFound));
+            }
+            Ok(Accepted {
+                event_id: event.id.clone(),
+                deliveries: 0,
+                replayed: false,
+            })
+        }
+
+        async fn claim(
+            _conn: &mut Fake,
+            _request: &ClaimRequest,
+            _limit: usize,
+        ) -> StoreResult<Vec<Claimed>> {
+            Ok(Vec::new())
+        }
+
+        async fn record(_conn: &mut Fake, outcomes: &[AttemptOutcome]) -> StoreResult<Vec<bool>> {
+            Ok(vec![true; outcomes.len()])
         }
     }
 
-    let wake_others = done.iter().any(Done::stored_deliveries);
-    if wake_others {
-        if let Err(err) = W::after_new_deliveries(&mut conn).await {
-            return abandon::<W>(conn, done, &err).await;
+    fn event(id: &str, event_type: &str) -> NewEvent {
+        NewEvent {
+            id: id.to_string(),
+            event_type: event_type.to_string(),
+            object_key: String::new(),
+            body: String::new(),
+            accepted_at: chrono::Utc::now(),
+            idempotency_key: None,
+            request_hash: String::new(),
         }
     }
-    match W::exec(&mut conn, "COMMIT").await {
-        Ok(()) => done.into_iter().for_each(Done::answer),
-        Err(err) => abandon::<W>(conn, done, &err).await,
+
+    /// Three inserts submitted together: on this single-threaded runtime the writer
+    /// task runs only once all three wait, so they form one batch.
+    async fn insert_three(fake: &Fake, types: [&str; 3]) -> [StoreResult<Accepted>; 3] {
+        let queue = WriterQueue::start(fake.clone());
+        let (a, b, c) = tokio::join!(
+            queue.insert_event(event("a", types[0])),
+            queue.insert_event(event("b", types[1])),
+            queue.insert_event(event("c", types[2])),
+        );
+        [a, b, c]
     }
-}
 
-/// Rolls the batch back and answers every job with the error. A connection that
-/// cannot even roll back is closed rather than handed back to the pool mid-transaction.
-async fn abandon<W: BatchWrites>(mut conn: W::Conn, done: Vec<Done>, err: &StoreError) {
-    if W::exec(&mut conn, "ROLLBACK").await.is_err() {
-        W::close(conn).await;
+    #[tokio::test]
+    async fn a_job_that_breaks_its_batch_fails_alone_and_the_others_commit() {
+        let fake = Fake::default();
+        let [a, b, c] = insert_three(&fake, ["known", "breaks", "known"]).await;
+
+        assert!(a.is_ok() && c.is_ok());
+        assert!(matches!(b, Err(StoreError::Database(_))), "{b:?}");
+        let state = fake.0.lock().unwrap();
+        assert_eq!(state.committed, ["a", "c"]);
+        let each_alone = [
+            "BEGIN", "ROLLBACK", // the batch
+            "BEGIN", "COMMIT", "BEGIN", "ROLLBACK", "BEGIN", "COMMIT",
+        ];
+        assert_eq!(state.statements, each_alone);
     }
-    fail_all(done, &err.to_string());
-}
 
-fn fail_unrun(batch: Vec<Job>, why: &str) {
-    let why = format!("not run: the transaction could not start: {why}");
-    fail_all(
-        batch.into_iter().map(|job| job.not_run(&why)).collect(),
-        &why,
-    );
-}
+    #[tokio::test]
+    async fn a_refusal_leaves_its_batch_whole() {
+        let fake = Fake::default();
+        let [a, b, c] = insert_three(&fake, ["known", "unknown", "known"]).await;
 
-fn fail_all(done: Vec<Done>, why: &str) {
-    warn!(
-        cause = why,
-        jobs = done.len(),
-        "a batch of writes was not committed"
-    );
-    for job in done {
-        job.answer_error(why);
+        assert!(a.is_ok() && c.is_ok());
+        assert!(matches!(b, Err(StoreError::UnknownEventType)), "{b:?}");
+        let state = fake.0.lock().unwrap();
+        assert_eq!(state.committed, ["a", "c"]);
+        assert_eq!(state.statements, ["BEGIN", "COMMIT"]);
     }
 }
