@@ -157,7 +157,10 @@ pub(super) async fn claim_in(
     // planner may run it again for each row, and each run, no longer seeing the rows
     // this statement already leased, picks later ones, so a claim could skip a due
     // delivery and send the ones after it first. The UPDATE repeats the lease test
-    // because the pick reads its snapshot before it has the locks.
+    // because the pick reads its snapshot before it has the locks. It writes the status
+    // test as `status || ''` so that no index on pending rows matches it: right after a
+    // burst, stale statistics make such an index look tiny, and the planner would scan
+    // every pending row of it for each picked one instead of finding each by `seq`.
     let per_object = endpoint.ordering == Ordering::PerObject;
     let sql = format!(
         "WITH picked AS MATERIALIZED ( \
@@ -169,20 +172,13 @@ pub(super) async fn claim_in(
              AND p.status = 'pending' AND p.object_key = c.object_key AND p.seq < c.seq)) \
            ORDER BY c.seq LIMIT $5 FOR UPDATE OF c) \
          UPDATE deliveries d SET lease_until = $3 FROM picked, events v \
-         WHERE d.seq = picked.seq AND v.id = d.event_id AND d.status = 'pending' \
+         WHERE d.seq = picked.seq AND v.id = d.event_id AND d.status || '' = 'pending' \
          AND (d.lease_until IS NULL OR d.lease_until <= $2) \
          RETURNING {DELIVERY_COLUMNS}"
     );
     // The pick must walk the endpoint's pending deliveries in `seq` order, stopping
-    // after `limit` rows. Right after a burst, before statistics catch up, the planner
-    // believes an endpoint has a row or two pending and would as soon fetch every due
-    // one and sort them; with tens of thousands pending that costs fifty times more.
-    // Ruling out sorts and bitmap scans for this one statement leaves it the ordered
-    // index scan.
-    const PLAN_BY_SEQ: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
-    const PLAN_FREELY: &str =
-        "SET LOCAL enable_sort TO DEFAULT; SET LOCAL enable_bitmapscan TO DEFAULT";
-    sqlx::Executor::execute(&mut *conn, PLAN_BY_SEQ).await?;
+    // after `limit` rows: the writer's transaction rules out the sorts and bitmap scans
+    // that stale statistics would otherwise pick (see `PostgresWrites::BEGIN`).
     let rows = sqlx::query(&sql)
         .bind(&request.endpoint_id)
         .bind(micros(request.now))
@@ -190,10 +186,7 @@ pub(super) async fn claim_in(
         .bind(per_object)
         .bind(limit.max(1) as i64)
         .fetch_all(&mut *conn)
-        .await;
-    // After an error the whole transaction is rolled back, and the settings with it.
-    let rows = rows?;
-    sqlx::Executor::execute(&mut *conn, PLAN_FREELY).await?;
+        .await?;
     let mut claimed: Vec<Claimed> = rows
         .iter()
         .map(|row| Claimed {
