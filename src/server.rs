@@ -86,6 +86,7 @@ pub async fn start(settings: Settings, clock: SharedClock) -> anyhow::Result<Ser
         clock: clock.clone(),
         settings: Arc::new(settings),
         sign_in: Arc::new(sign_in),
+        tokens: Arc::default(),
     };
 
     let mut tasks = Vec::new();

@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::auth::{token_hash, SignIn};
+use crate::auth::{token_hash, SignIn, TokenCache};
 use crate::clock::{SharedClock, Timestamp};
 use crate::engine::Engine;
 use crate::model::Principal;
@@ -42,6 +42,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub settings: Arc<Settings>,
     pub sign_in: Arc<SignIn>,
+    /// Tokens looked up in the last second; emptied by every change to tokens or users.
+    pub tokens: Arc<TokenCache>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -176,8 +178,16 @@ async fn require_token(
             "the Authorization header is not of the form 'Bearer <token>'",
         ));
     };
-    let Some(principal) = state.store.principal_for_token(&token_hash(token)).await? else {
-        return Err(ApiError::unauthorized("the bearer token is not valid"));
+    let hash = token_hash(token);
+    let principal = match state.tokens.get(&hash) {
+        Ok(known) => known,
+        Err(lookup) => {
+            let Some(found) = state.store.principal_for_token(&hash).await? else {
+                return Err(ApiError::unauthorized("the bearer token is not valid"));
+            };
+            state.tokens.put(lookup, &hash, &found);
+            found
+        }
     };
     let now = state.clock.now();
     if principal.expires_at.is_some_and(|at| at <= now) {
@@ -185,12 +195,12 @@ async fn require_token(
             "the bearer token has expired; sign in again",
         ));
     }
-    touch_if_stale(&state, &principal, now).await;
+    touch_if_stale(&state, &hash, &principal, now).await;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
 
-async fn touch_if_stale(state: &AppState, principal: &Principal, now: Timestamp) {
+async fn touch_if_stale(state: &AppState, hash: &str, principal: &Principal, now: Timestamp) {
     let stale = principal
         .last_used_at
         .is_none_or(|at| now - at >= LAST_USED_PRECISION);
@@ -198,8 +208,11 @@ async fn touch_if_stale(state: &AppState, principal: &Principal, now: Timestamp)
         return;
     }
     // A lost last-used time is not worth refusing the request over.
-    if let Err(err) = state.store.touch_token(&principal.token_id, now).await {
-        tracing::warn!(cause = %err, token_id = %principal.token_id, "cannot record token use");
+    match state.store.touch_token(&principal.token_id, now).await {
+        Ok(()) => state.tokens.touched(hash, now),
+        Err(err) => {
+            tracing::warn!(cause = %err, token_id = %principal.token_id, "cannot record token use")
+        }
     }
 }
 

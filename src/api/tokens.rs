@@ -120,14 +120,12 @@ pub async fn delete_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let owner = (!principal.is_super_admin()).then_some(principal.user_id.as_str());
-    state
-        .store
-        .delete_token(&id, owner)
-        .await
-        .map_err(|err| match err {
-            StoreError::NotFound => ApiError::not_found("token", &id),
-            other => other.into(),
-        })?;
+    let deleted = state.store.delete_token(&id, owner).await;
+    state.tokens.forget_all();
+    deleted.map_err(|err| match err {
+        StoreError::NotFound => ApiError::not_found("token", &id),
+        other => other.into(),
+    })?;
     info!(token_id = %id, by = %principal.user_id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -156,6 +154,8 @@ pub async fn sign_out(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.delete_token(&principal.token_id, None).await?;
+    let deleted = state.store.delete_token(&principal.token_id, None).await;
+    state.tokens.forget_all();
+    deleted?;
     Ok(StatusCode::NO_CONTENT)
 }

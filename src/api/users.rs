@@ -172,13 +172,16 @@ pub async fn update_user(
     let user = state
         .store
         .update_user(&id, &changes, state.clock.now())
-        .await
-        .map_err(store_error(&id, changes.email.as_deref()))?;
+        .await;
+    state.tokens.forget_all();
+    let user = user.map_err(store_error(&id, changes.email.as_deref()))?;
     if changes.password_hash.is_some() {
         // A new password ends the sign-in sessions made with the old one; personal
         // tokens stay, and so does the session making this change.
         let keep = oneself.then_some(principal.token_id.as_str());
-        state.store.delete_sign_in_tokens(&id, keep).await?;
+        let deleted = state.store.delete_sign_in_tokens(&id, keep).await;
+        state.tokens.forget_all();
+        deleted?;
     }
     info!(user_id = %id, by = %principal.user_id, "user changed");
     Ok(Json(user.into()))
@@ -208,11 +211,9 @@ pub async fn delete_user(
 ) -> Result<StatusCode, ApiError> {
     require_super_admin(&principal)?;
     let id = target(&principal, &id);
-    state
-        .store
-        .delete_user(&id)
-        .await
-        .map_err(store_error(&id, None))?;
+    let deleted = state.store.delete_user(&id).await;
+    state.tokens.forget_all();
+    deleted.map_err(store_error(&id, None))?;
     info!(user_id = %id, by = %principal.user_id, "user removed");
     Ok(StatusCode::NO_CONTENT)
 }

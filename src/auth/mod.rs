@@ -9,6 +9,7 @@
 //! It never says whether an e-mail belongs to a user: an unknown e-mail, a user without
 //! a password and a wrong password get the same answer, after the same argon2 work.
 
+pub mod cache;
 pub mod password;
 pub mod throttle;
 
@@ -26,6 +27,7 @@ use crate::model::{ApiToken, NewApiToken, User};
 use crate::payload::hex_sha256;
 use crate::store::{Store, StoreError};
 
+pub use cache::TokenCache;
 pub use throttle::{Limits, Throttle};
 
 /// How long a token made by signing in is valid. A working day: long enough not to
