@@ -427,3 +427,34 @@ async fn a_write_that_fails_in_a_group_commit_leaves_the_rest_of_its_batch_commi
     let stored = opened.store.list_deliveries(&filter).await.unwrap();
     assert_eq!(stored.items.len(), 4 + 29);
 }
+
+/// An event type with more subscribers than ingest usually expects still gets one
+/// delivery per enabled subscriber, each in endpoint order, and the next event of it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_many_subscribers_gets_a_delivery_for_each() {
+    let opened = open().await;
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    let mut endpoints = Vec::new();
+    for n in 0..40 {
+        endpoints.push(opened.endpoint(&format!("ep-{n:02}"), &event_type).await);
+    }
+    endpoints.sort();
+    let now = Utc::now();
+    for n in 0..2 {
+        let accepted = opened
+            .store
+            .insert_event(&new_event(&event_type, now, n))
+            .await
+            .expect("event stored");
+        assert_eq!(accepted.deliveries, 40);
+    }
+    for endpoint_id in &endpoints {
+        let filter = DeliveryFilter {
+            endpoint_id: Some(endpoint_id.clone()),
+            limit: 10,
+            ..DeliveryFilter::default()
+        };
+        let page = opened.store.list_deliveries(&filter).await.unwrap();
+        assert_eq!(page.items.len(), 2, "two deliveries for {endpoint_id}");
+    }
+}

@@ -43,6 +43,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// tasks; a process that dies meanwhile leaves it to be sent after this.
 const ALERT_LEASE: Duration = Duration::from_secs(300);
 
+/// Writer tasks per process, each with its own connection: two keep the database busy
+/// while one of them waits for a round trip or a commit's flush.
+const WRITERS: usize = 2;
+
 pub struct PostgresStore {
     pool: PgPool,
     writer_queue: WriterQueue,
@@ -57,8 +61,8 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
         let options = PgConnectOptions::from_str(url)?.application_name("herald");
         let pool = pool(options.clone(), POOL_CONNECTIONS).await?;
-        let writer = pool_options(1).connect_lazy_with(options);
-        let writer_queue = WriterQueue::start(PostgresWrites { pool: writer });
+        let writer = pool_options(WRITERS as u32).connect_lazy_with(options);
+        let writer_queue = WriterQueue::start(PostgresWrites { pool: writer }, WRITERS);
 
         let (wake, wakeups) = watch::channel(());
         let cancel = CancellationToken::new();
@@ -175,6 +179,7 @@ async fn notify_all(executor: impl sqlx::PgExecutor<'_>) -> StoreResult<()> {
 }
 
 /// The group-committed writes, on the writer's one connection.
+#[derive(Clone)]
 struct PostgresWrites {
     pool: PgPool,
 }

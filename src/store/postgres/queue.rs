@@ -13,6 +13,7 @@
 //!   so every transaction takes its locks in the order endpoint, then deliveries.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::Row;
@@ -28,72 +29,83 @@ use crate::store::{
     StoreError, StoreResult,
 };
 
-/// Stores an event and its deliveries. A concurrent insert of the same idempotency key
-/// by another process waits for that one to commit and is then answered as a replay.
-/// Two statements: what ingest must know, then the event with all its deliveries.
+/// The most subscribers an event type was seen with, to hand ingest enough delivery ids
+/// for one statement; a type with more costs a second one.
+static DELIVERY_IDS: AtomicUsize = AtomicUsize::new(8);
+
+/// Stores an event and its deliveries, in one statement that also checks the event type
+/// and an earlier request with the same idempotency key. A concurrent insert of the same
+/// key by another process waits for that one to commit and is then answered as a replay.
 pub(super) async fn insert_event_in(
     conn: &mut PgConnection,
     event: &NewEvent,
 ) -> StoreResult<Accepted> {
-    let targets = sqlx::query(
-        "SELECT earlier.id, earlier.request_hash, earlier.delivery_count, \
-         EXISTS (SELECT 1 FROM event_types WHERE name = $1) AS known, \
-         ARRAY(SELECT s.endpoint_id FROM endpoint_events s \
-           JOIN endpoints e ON e.id = s.endpoint_id \
-           WHERE s.event_type = $1 AND e.enabled ORDER BY s.endpoint_id) AS endpoints \
-         FROM (SELECT) AS one LEFT JOIN events earlier ON earlier.idempotency_key = $2",
-    )
-    .bind(&event.event_type)
-    .bind(&event.idempotency_key)
-    .fetch_one(&mut *conn)
-    .await?;
-    if let Some(earlier) = replay_of(&targets, event)? {
-        return Ok(earlier);
-    }
-    if !targets.get::<bool, _>("known") {
-        return Err(StoreError::UnknownEventType);
-    }
-
-    let endpoints: Vec<String> = targets.get("endpoints");
-    let ids: Vec<String> = endpoints.iter().map(|_| new_id("dlv")).collect();
-    let inserted: i64 = sqlx::query_scalar(
-        "WITH ev AS ( \
-           INSERT INTO events (id, event_type, object_key, body, created_at, \
-             idempotency_key, request_hash, delivery_count) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
-         d AS ( \
-           INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
-             status, test, created_at, next_attempt_at) \
-           SELECT x.id, ev.id, x.endpoint_id, $2, $3, 'pending', false, $5, $5 \
-           FROM unnest($9::text[], $10::text[]) AS x(id, endpoint_id) CROSS JOIN ev \
-           ORDER BY x.endpoint_id) \
-         SELECT count(*) FROM ev",
-    )
-    .bind(&event.id)
-    .bind(&event.event_type)
-    .bind(&event.object_key)
-    .bind(&event.body)
-    .bind(micros(event.accepted_at))
-    .bind(&event.idempotency_key)
-    .bind(&event.request_hash)
-    .bind(endpoints.len() as i64)
-    .bind(&ids)
-    .bind(&endpoints)
-    .fetch_one(&mut *conn)
-    .await?;
-
-    if inserted == 0 {
+    let mut ids = DELIVERY_IDS.load(AtomicOrdering::Relaxed);
+    loop {
+        let delivery_ids: Vec<String> = (0..ids).map(|_| new_id("dlv")).collect();
+        let row = sqlx::query(
+            "WITH earlier AS ( \
+               SELECT id, request_hash, delivery_count FROM events \
+               WHERE idempotency_key = $6), \
+             targets AS ( \
+               SELECT s.endpoint_id, row_number() OVER (ORDER BY s.endpoint_id) AS n \
+               FROM endpoint_events s JOIN endpoints e ON e.id = s.endpoint_id \
+               WHERE s.event_type = $2 AND e.enabled), \
+             facts AS ( \
+               SELECT EXISTS (SELECT 1 FROM event_types WHERE name = $2) AS known, \
+               (SELECT count(*) FROM targets) AS wanted), \
+             ev AS ( \
+               INSERT INTO events (id, event_type, object_key, body, created_at, \
+                 idempotency_key, request_hash, delivery_count) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, facts.wanted FROM facts \
+               WHERE facts.known AND facts.wanted <= cardinality($8::text[]) \
+               AND NOT EXISTS (SELECT 1 FROM earlier) \
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+             d AS ( \
+               INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
+                 status, test, created_at, next_attempt_at) \
+               SELECT ($8::text[])[t.n], ev.id, t.endpoint_id, $2, $3, 'pending', false, \
+                 $5, $5 \
+               FROM targets t CROSS JOIN ev ORDER BY t.endpoint_id) \
+             SELECT facts.known, facts.wanted, (SELECT count(*) FROM ev) AS inserted, \
+               earlier.id, earlier.request_hash, earlier.delivery_count \
+             FROM facts LEFT JOIN earlier ON true",
+        )
+        .bind(&event.id)
+        .bind(&event.event_type)
+        .bind(&event.object_key)
+        .bind(&event.body)
+        .bind(micros(event.accepted_at))
+        .bind(&event.idempotency_key)
+        .bind(&event.request_hash)
+        .bind(&delivery_ids)
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(earlier) = replay_of(&row, event)? {
+            return Ok(earlier);
+        }
+        if !row.get::<bool, _>("known") {
+            return Err(StoreError::UnknownEventType);
+        }
+        let wanted = row.get::<i64, _>("wanted") as usize;
+        if row.get::<i64, _>("inserted") == 1 {
+            return Ok(Accepted {
+                event_id: event.id.clone(),
+                deliveries: wanted as i64,
+                replayed: false,
+            });
+        }
+        if wanted > ids {
+            // Nothing was written; again, with an id for every subscriber.
+            DELIVERY_IDS.fetch_max(wanted, AtomicOrdering::Relaxed);
+            ids = wanted;
+            continue;
+        }
         // Another process stored the same idempotency key meanwhile, and has committed.
         return replay_idempotent(conn, event)
             .await?
             .ok_or_else(|| StoreError::Unavailable("idempotency key vanished".to_string()));
     }
-    Ok(Accepted {
-        event_id: event.id.clone(),
-        deliveries: endpoints.len() as i64,
-        replayed: false,
-    })
 }
 
 async fn replay_idempotent(

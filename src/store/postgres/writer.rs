@@ -1,10 +1,12 @@
 //! Group commit on PostgreSQL for the hot writes: event ingest, claims and attempt
 //! records.
 //!
-//! One task per process owns one connection for these writes, and keeps it from one
-//! batch to the next. It takes every job waiting in its queue, runs them in one
-//! transaction, commits once, and only then answers each caller. A commit is a round
-//! trip and a WAL flush; sharing one between many jobs is what makes that affordable.
+//! A few writer tasks per process share one queue; each owns a connection for these
+//! writes and keeps it from one batch to the next. A writer takes every job waiting in
+//! the queue, runs them in one transaction, commits once, and only then answers each
+//! caller. A commit is a round trip and a WAL flush; sharing one between many jobs is
+//! what makes that affordable, and a second writer sends its batch while the first
+//! waits. Writers of one process order their locks as writers of separate processes do.
 //! (SQLite has its own writer, `store::sqlite::writer`.)
 //!
 //! Jobs run straight in the transaction, with no savepoint of their own: a savepoint
@@ -18,8 +20,10 @@
 //! module only batches, orders the jobs so that processes never wait on each other in
 //! a cycle, and answers.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::{debug, warn};
 
 use crate::model::NewEvent;
@@ -188,10 +192,20 @@ pub(super) struct WriterQueue {
 }
 
 impl WriterQueue {
-    pub(super) fn start<W: BatchWrites>(target: W) -> WriterQueue {
+    /// Starts `writers` writer tasks on one queue, each with a connection of its own.
+    /// While one waits for the database to answer or to flush a commit, another can
+    /// send its batch; they take their locks in the same order, as separate processes
+    /// do.
+    pub(super) fn start<W: BatchWrites + Clone>(target: W, writers: usize) -> WriterQueue {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer { target, conn: None };
-        tokio::spawn(writer.run(queue));
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..writers.max(1) {
+            let writer = Writer {
+                target: target.clone(),
+                conn: None,
+            };
+            tokio::spawn(writer.run(queue.clone()));
+        }
         WriterQueue { jobs }
     }
 
@@ -252,15 +266,22 @@ struct Writer<W: BatchWrites> {
 }
 
 impl<W: BatchWrites> Writer<W> {
-    async fn run(mut self, mut queue: mpsc::Receiver<(Job, Reply)>) {
-        while let Some(first) = queue.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+    async fn run(mut self, queue: Arc<Mutex<mpsc::Receiver<(Job, Reply)>>>) {
+        loop {
+            let mut batch = {
+                let mut queue = queue.lock().await;
+                let Some(first) = queue.recv().await else {
+                    break;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
                 }
-            }
+                batch
+            };
             batch.sort_by(|(a, _), (b, _)| a.lock_order().cmp(&b.lock_order()));
             self.commit_batch(batch).await;
         }
@@ -492,7 +513,7 @@ mod tests {
     /// Three inserts submitted together: on this single-threaded runtime the writer
     /// task runs only once all three wait, so they form one batch.
     async fn insert_three(fake: &Fake, types: [&str; 3]) -> [StoreResult<Accepted>; 3] {
-        let queue = WriterQueue::start(fake.clone());
+        let queue = WriterQueue::start(fake.clone(), 1);
         let (a, b, c) = tokio::join!(
             queue.insert_event(event("a", types[0])),
             queue.insert_event(event("b", types[1])),
