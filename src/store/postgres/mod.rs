@@ -178,7 +178,24 @@ async fn notify_all(executor: impl sqlx::PgExecutor<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// The group-committed writes, on the writer's one connection.
+/// Every statement of a batch finds its rows through an index: the endpoint's
+/// pending deliveries in `seq` order, or rows by key. Right after a burst the
+/// statistics still describe a nearly empty table, and the planner would scan or
+/// sort all pending rows (or all deliveries) for each claim or record; one burst of
+/// 100,000 deliveries took minutes that way. Ruling out scans, sorts and hash or
+/// merge joins for the batch leaves it the index paths, which stay right at any size.
+/// A path ruled out still counts, at a huge cost, where nothing else can do; such a
+/// cost must not make the planner compile the statement (JIT takes tens of
+/// milliseconds), so JIT is off too.
+macro_rules! plan_by_index {
+    () => {
+        "SET LOCAL jit = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; \
+         SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off"
+    };
+}
+
+/// The group-committed writes, on each writer's connection.
 #[derive(Clone)]
 struct PostgresWrites {
     pool: PgPool,
@@ -188,18 +205,15 @@ struct PostgresWrites {
 impl BatchWrites for PostgresWrites {
     type Conn = PoolConnection<Postgres>;
 
-    /// Every statement of a batch finds its rows through an index: the endpoint's
-    /// pending deliveries in `seq` order, or rows by key. Right after a burst the
-    /// statistics still describe a nearly empty table, and the planner would scan or
-    /// sort all pending rows (or all deliveries) for each claim or record; one burst of
-    /// 100,000 deliveries took minutes that way. Ruling out scans, sorts and hash or
-    /// merge joins for the batch leaves it the index paths, which stay right at any size.
-    /// A path ruled out still counts, at a huge cost, where nothing else can do; such a
-    /// cost must not make the planner compile the statement (JIT takes tens of
-    /// milliseconds), so JIT is off too.
-    const BEGIN: &'static str = "BEGIN; SET LOCAL jit = off; SET LOCAL enable_seqscan = off; \
-        SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
-        SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+    const BEGIN: &'static str = concat!("BEGIN; ", plan_by_index!());
+    /// A claim or an attempt record lost to a crash of the database server means a
+    /// delivery is sent once more, which at-least-once delivery allows; so such a batch
+    /// does not wait for its commit to reach the disk, as SQLite's writer does not.
+    /// Only a batch that acknowledges an event does.
+    const BEGIN_UNSYNCED: &'static str = concat!(
+        "BEGIN; SET LOCAL synchronous_commit = off; ",
+        plan_by_index!()
+    );
 
     async fn acquire(&self) -> StoreResult<Self::Conn> {
         Ok(self.pool.acquire().await?)

@@ -190,7 +190,7 @@ pub(super) async fn claim_in(
     );
     // The pick must walk the endpoint's pending deliveries in `seq` order, stopping
     // after `limit` rows: the writer's transaction rules out the sorts and bitmap scans
-    // that stale statistics would otherwise pick (see `PostgresWrites::BEGIN`).
+    // that stale statistics would otherwise pick (see `plan_by_index` in `mod.rs`).
     let rows = sqlx::query(&sql)
         .bind(&request.endpoint_id)
         .bind(micros(request.now))

@@ -43,6 +43,9 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
 
     /// The statement that opens the batch's transaction.
     const BEGIN: &'static str;
+    /// Opens the transaction of a batch that acknowledges nothing (claims and attempt
+    /// records only), whose commit need not wait for the disk.
+    const BEGIN_UNSYNCED: &'static str = Self::BEGIN;
 
     async fn acquire(&self) -> StoreResult<Self::Conn>;
     /// Closes a connection for good, instead of returning it to its pool.
@@ -308,7 +311,8 @@ impl<W: BatchWrites> Writer<W> {
 
     /// Runs the jobs in one transaction and answers them after the commit.
     async fn commit_together(&mut self, batch: Vec<(Job, Reply)>) -> Ended {
-        let mut conn = match self.begin().await {
+        let acknowledges = batch.iter().any(|(job, _)| matches!(job, Job::Insert(..)));
+        let mut conn = match self.begin(acknowledges).await {
             Ok(conn) => conn,
             Err(err) => {
                 let why = format!("not run: the transaction could not start: {err}");
@@ -327,15 +331,19 @@ impl<W: BatchWrites> Writer<W> {
     /// Opens a transaction on the kept connection. A connection that broke while it
     /// sat idle (the database restarted, say) fails here, before any job ran; it is
     /// replaced once.
-    async fn begin(&mut self) -> StoreResult<W::Conn> {
+    async fn begin(&mut self, acknowledges: bool) -> StoreResult<W::Conn> {
+        let begin = match acknowledges {
+            true => W::BEGIN,
+            false => W::BEGIN_UNSYNCED,
+        };
         if let Some(mut conn) = self.conn.take() {
-            match W::exec(&mut conn, W::BEGIN).await {
+            match W::exec(&mut conn, begin).await {
                 Ok(()) => return Ok(conn),
                 Err(_) => W::close(conn).await,
             }
         }
         let mut conn = self.target.acquire().await?;
-        match W::exec(&mut conn, W::BEGIN).await {
+        match W::exec(&mut conn, begin).await {
             Ok(()) => Ok(conn),
             Err(err) => {
                 W::close(conn).await;
