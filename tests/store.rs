@@ -458,3 +458,21 @@ async fn an_event_with_many_subscribers_gets_a_delivery_for_each() {
         assert_eq!(page.items.len(), 2, "two deliveries for {endpoint_id}");
     }
 }
+
+/// A store knows whether another process works on it: never on SQLite, which one
+/// process owns; on PostgreSQL, once a second store is open on the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_knows_when_another_process_shares_it() {
+    let opened = open().await;
+    assert!(!opened.store.other_processes().await.unwrap(), "alone");
+    let Some(database) = &opened.database else {
+        return;
+    };
+    let second = PostgresStore::open(&database.url).await.expect("open");
+    second.ping().await.expect("the second store connects");
+    assert!(opened.store.other_processes().await.unwrap(), "shared");
+    assert!(
+        second.other_processes().await.unwrap(),
+        "shared, seen from the second"
+    );
+}

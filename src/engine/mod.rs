@@ -47,9 +47,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// one transaction per batch while a failing one claims no more than it attempts.
 const MAX_CLAIM: usize = 64;
 
-/// How long a lane keeps its endpoint while work is waiting. Then it hands the
-/// endpoint over, so that on a store shared by several processes the work of a busy
-/// endpoint moves between them instead of staying with whichever started first.
+/// How long a lane keeps its endpoint while work is waiting. Then, if other processes
+/// share the store, it hands the endpoint over, so that the work of a busy endpoint
+/// moves between them instead of staying with whichever started first.
 const LANE_TURN: Duration = Duration::from_secs(2);
 
 /// How long a process leaves an endpoint alone after handing it over: long enough for
@@ -263,7 +263,7 @@ impl Engine {
         endpoint_id: &str,
         cancel: &CancellationToken,
     ) -> Result<LaneEnd, StoreError> {
-        let turn = tokio::time::Instant::now();
+        let mut turn = tokio::time::Instant::now();
         let mut size = 1;
         loop {
             self.changed
@@ -291,7 +291,12 @@ impl Engine {
                 return Ok(LaneEnd::Drained);
             }
             if turn.elapsed() >= LANE_TURN {
-                return Ok(LaneEnd::TurnOver);
+                // Alone, handing over would only make the next events wait for the
+                // pause; when the store cannot say, the lane hands over.
+                if self.store.other_processes().await.unwrap_or(true) {
+                    return Ok(LaneEnd::TurnOver);
+                }
+                turn = tokio::time::Instant::now();
             }
             size = if run.all_succeeded {
                 (size * 2).min(MAX_CLAIM)

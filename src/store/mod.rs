@@ -394,6 +394,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether another process is working on this store now, so that a busy lane
+    /// should hand its endpoint over at the end of its turn. A store that only this
+    /// process writes has none.
+    async fn other_processes(&self) -> StoreResult<bool> {
+        Ok(false)
+    }
+
     /// How many deliveries of the endpoint are still pending.
     async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64>;
 

@@ -49,6 +49,8 @@ const WRITERS: usize = 2;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// The application name of this process's connections, unique to it.
+    name: String,
     writer_queue: WriterQueue,
     wakeups: watch::Receiver<()>,
     /// Stops the listener when the store is dropped.
@@ -59,7 +61,8 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://…`). The database must exist; the schema is made
     /// by [`Store::migrate`].
     pub async fn open(url: &str) -> StoreResult<PostgresStore> {
-        let options = PgConnectOptions::from_str(url)?.application_name("herald");
+        let name = format!("herald {}", new_id("proc"));
+        let options = PgConnectOptions::from_str(url)?.application_name(&name);
         let pool = pool(options.clone(), POOL_CONNECTIONS).await?;
         let writer = pool_options(WRITERS as u32).connect_lazy_with(options);
         let writer_queue = WriterQueue::start(PostgresWrites { pool: writer }, WRITERS);
@@ -69,6 +72,7 @@ impl PostgresStore {
         tokio::spawn(listener::run(pool.clone(), wake, cancel.clone()));
         Ok(PostgresStore {
             pool,
+            name,
             writer_queue,
             wakeups,
             _listener: cancel.drop_guard(),
@@ -881,6 +885,20 @@ impl Store for PostgresStore {
 
     fn wakeups(&self) -> Option<watch::Receiver<()>> {
         Some(self.wakeups.clone())
+    }
+
+    /// Each process names its connections `herald <its own id>`; another name of that
+    /// form among the database's sessions is another process (or a `herald migrate`).
+    async fn other_processes(&self) -> StoreResult<bool> {
+        let names: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name LIKE 'herald %' \
+             AND application_name <> $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(names > 0)
     }
 
     async fn count_pending(&self, endpoint_id: &str) -> StoreResult<i64> {
