@@ -949,3 +949,22 @@ async fn a_declared_body_over_the_limit_is_refused_before_it_is_sent() {
     assert!(answer.contains("payload_too_large"), "{answer}");
     assert!(answer.contains("Content-Length 5000000"), "{answer}");
 }
+
+/// An id that is not UTF-8 once percent-decoded is refused in the API's error shape,
+/// on every kind of route that takes an id.
+#[tokio::test]
+async fn an_id_that_is_not_utf8_gets_a_json_error() {
+    let server = TestServer::start().await;
+    for (method, path) in [
+        (Method::GET, "/api/v1/deliveries/%ff%fe"),
+        (Method::GET, "/api/v1/endpoints/%ff"),
+        (Method::DELETE, "/api/v1/tokens/%c3%28"),
+        (Method::GET, "/api/v1/users/%80"),
+    ] {
+        let (status, body) = server.api(method, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["code"], "invalid_id", "{path}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("%"), "the detail names the id: {detail}");
+    }
+}

@@ -1,12 +1,12 @@
 //! The Event History: deliveries with their attempts, resend, recover, and alerts.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::model::{AttemptRecord, Delivery, DeliveryStatus};
 use crate::store::{DeliveryFilter, Page, StoreError};
@@ -170,7 +170,7 @@ pub async fn history(
 
 pub async fn list_endpoint_deliveries(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<ListOut<DeliveryOut>>, ApiError> {
     let page = history(&state, &id, &query).await?;
@@ -243,7 +243,7 @@ pub async fn recover(state: &AppState, endpoint_id: &str, since: &str) -> Result
 
 pub async fn get_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryOut>, ApiError> {
     let (delivery, attempts) = get(&state, &id).await?;
     Ok(Json(DeliveryOut::new(delivery, Some(attempts))))
@@ -251,7 +251,7 @@ pub async fn get_delivery(
 
 pub async fn resend_delivery(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<(StatusCode, Json<DeliveryOut>), ApiError> {
     let delivery = resend(&state, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryOut::new(delivery, None))))
@@ -265,7 +265,7 @@ pub struct RecoverIn {
 
 pub async fn recover_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiJson(input): ApiJson<RecoverIn>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let resent = recover(&state, &id, &input.since).await?;

@@ -1,13 +1,13 @@
 //! Endpoints: create (with the HEAD check), list, show, update, delete, test webhook,
 //! and the signing secret.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::event_types::check_known;
-use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListOut, PageQuery};
 use crate::clock::Timestamp;
 use crate::engine::chrono_duration;
 use crate::engine::egress::UrlError;
@@ -405,14 +405,14 @@ pub async fn list_endpoints(
 
 pub async fn get_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<EndpointOut>, ApiError> {
     Ok(Json(get(&state, &id).await?.into()))
 }
 
 pub async fn update_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiJson(input): ApiJson<EndpointIn>,
 ) -> Result<Json<EndpointOut>, ApiError> {
     let endpoint = update(&state, &id, &input).await?;
@@ -421,7 +421,7 @@ pub async fn update_endpoint(
 
 pub async fn delete_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -429,14 +429,14 @@ pub async fn delete_endpoint(
 
 pub async fn test_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<TestOut>, ApiError> {
     Ok(Json(send_test(&state, &id).await?))
 }
 
 pub async fn get_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SecretOut>, ApiError> {
     let key = secret(&state, &id).await?;
     Ok(Json(SecretOut { key }))
@@ -444,7 +444,7 @@ pub async fn get_secret(
 
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SecretOut>, ApiError> {
     let key = rotate(&state, &id).await?;
     Ok(Json(SecretOut { key }))

@@ -18,8 +18,9 @@ mod users;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -240,6 +241,27 @@ where
         serde_path_to_error::deserialize(body)
             .map(ApiJson)
             .map_err(|err| ApiError::unprocessable("invalid_field", err.to_string()))
+    }
+}
+
+/// The id in a route's path, with its rejection (an id that is not UTF-8 once
+/// percent-decoded) answered in the API's error shape.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(ApiPath(id)),
+            Err(_) => {
+                let raw: String = parts.uri.path().chars().take(200).collect();
+                Err(ApiError::bad_request(
+                    "invalid_id",
+                    format!("the id in {raw:?} is not valid UTF-8 once percent-decoded"),
+                ))
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::endpoints::{check_name, missing};
 use super::users::UserOut;
-use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListOut, PageQuery};
 use crate::auth::{new_token, token_hash};
 use crate::clock::Timestamp;
 use crate::model::{ApiToken, NewApiToken, Principal};
@@ -117,7 +117,7 @@ pub async fn list_tokens(
 pub async fn delete_token(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     let owner = (!principal.is_super_admin()).then_some(principal.user_id.as_str());
     let deleted = state.store.delete_token(&id, owner).await;

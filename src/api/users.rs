@@ -3,14 +3,14 @@
 //! `me` names the token's own user), but not their own role. No answer carries a
 //! password or its hash: [`UserOut`] has no field for one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::endpoints::{check_name, missing};
-use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ListOut, PageQuery};
 use crate::auth::{normalize_email, password};
 use crate::clock::Timestamp;
 use crate::model::{NewUser, Principal, Role, User, UserChanges};
@@ -142,7 +142,7 @@ pub async fn list_users(
 pub async fn get_user(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<UserOut>, ApiError> {
     let id = target(&principal, &id);
     if id != principal.user_id {
@@ -159,7 +159,7 @@ pub async fn get_user(
 pub async fn update_user(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiJson(input): ApiJson<UserIn>,
 ) -> Result<Json<UserOut>, ApiError> {
     let id = target(&principal, &id);
@@ -207,7 +207,7 @@ async fn changes(input: UserIn) -> Result<UserChanges, ApiError> {
 pub async fn delete_user(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     require_super_admin(&principal)?;
     let id = target(&principal, &id);
