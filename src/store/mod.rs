@@ -338,41 +338,36 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Records several attempts and makes the lane's next claim of up to `limit`
-    /// deliveries. A store that cannot batch records them one by one.
+    /// Records several attempts, in order, each with its delivery's new state and the
+    /// release of its lease, and makes the lane's next claim of up to `limit`
+    /// deliveries, all in one transaction.
     async fn record_many(
         &self,
         outcomes: Vec<AttemptOutcome>,
         then_claim: Option<(ClaimRequest, usize)>,
-    ) -> StoreResult<RecordedMany> {
-        let mut recorded = RecordedMany::default();
-        let last = outcomes.len().checked_sub(1);
-        for (n, outcome) in outcomes.iter().enumerate() {
-            let claim = then_claim
-                .clone()
-                .filter(|_| Some(n) == last)
-                .map(|(request, _)| request);
-            let one = self
-                .record_attempt(&outcome.claimed, &outcome.attempt, outcome.after, claim)
-                .await?;
-            recorded.stored.push(one.stored);
-            recorded.next.extend(one.next);
-        }
-        if let (None, Some((request, limit))) = (last, then_claim) {
-            recorded.next = self.claim_many(request, limit).await?;
-        }
-        Ok(recorded)
-    }
+    ) -> StoreResult<RecordedMany>;
 
-    /// Records an attempt and the delivery's new state, releasing its lease, and makes
-    /// the lane's next claim in the same transaction.
+    /// Records one attempt, as `record_many` does, and makes the lane's next claim.
     async fn record_attempt(
         &self,
         claimed: &Claimed,
         attempt: &Attempt,
         after: AfterAttempt,
         then_claim: Option<ClaimRequest>,
-    ) -> StoreResult<Recorded>;
+    ) -> StoreResult<Recorded> {
+        let outcome = AttemptOutcome {
+            claimed: claimed.clone(),
+            attempt: attempt.clone(),
+            after,
+        };
+        let many = self
+            .record_many(vec![outcome], then_claim.map(|request| (request, 1)))
+            .await?;
+        Ok(Recorded {
+            stored: many.stored.first().copied().unwrap_or(false),
+            next: many.next.into_iter().next(),
+        })
+    }
     /// Fails every pending, unclaimed delivery whose first attempt was before `cutoff`:
     /// its retry window ended without a success while it waited (its endpoint was
     /// disabled, or paced because it was down). Raises the failing alert as an attempt
@@ -430,6 +425,23 @@ fn from_micros(value: i64) -> Timestamp {
 }
 
 /// The last error of a failing endpoint, as its outage row and alerts show it.
+/// What an alert says about the endpoint's last failure.
+struct LastFailure {
+    at: Timestamp,
+    status: Option<u16>,
+    error: String,
+}
+
+impl LastFailure {
+    fn of(attempt: &Attempt) -> LastFailure {
+        LastFailure {
+            at: attempt.attempted_at,
+            status: attempt.status_code,
+            error: describe_failure(attempt),
+        }
+    }
+}
+
 fn describe_failure(attempt: &Attempt) -> String {
     match (&attempt.error, attempt.status_code) {
         (Some(error), _) => error.clone(),

@@ -815,28 +815,6 @@ impl Store for PostgresStore {
         self.writer_queue.record(outcomes, then_claim).await
     }
 
-    async fn record_attempt(
-        &self,
-        claimed: &Claimed,
-        attempt: &Attempt,
-        after: AfterAttempt,
-        then_claim: Option<ClaimRequest>,
-    ) -> StoreResult<Recorded> {
-        let outcome = AttemptOutcome {
-            claimed: claimed.clone(),
-            attempt: attempt.clone(),
-            after,
-        };
-        let many = self
-            .writer_queue
-            .record(vec![outcome], then_claim.map(|request| (request, 1)))
-            .await?;
-        Ok(Recorded {
-            stored: many.stored.first().copied().unwrap_or(false),
-            next: many.next.into_iter().next(),
-        })
-    }
-
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {
         queue::expire_overdue(&self.pool, cutoff, now).await
     }

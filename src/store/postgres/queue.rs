@@ -25,8 +25,8 @@ use crate::model::{
     AfterAttempt, AlertDetail, AlertKind, Attempt, DeliveryStatus, NewEvent, Ordering,
 };
 use crate::store::{
-    describe_failure, from_micros, micros, Accepted, AttemptOutcome, ClaimRequest, Claimed,
-    StoreError, StoreResult,
+    from_micros, micros, Accepted, AttemptOutcome, ClaimRequest, Claimed, LastFailure, StoreError,
+    StoreResult,
 };
 
 /// The most subscribers an event type was seen with, to hand ingest enough delivery ids
@@ -415,23 +415,6 @@ pub(super) fn without_nul(text: &str) -> String {
     text.replace('\0', "\\u0000")
 }
 
-/// What an alert says about the endpoint's last failure.
-pub(super) struct LastFailure {
-    at: Timestamp,
-    status: Option<u16>,
-    error: String,
-}
-
-impl LastFailure {
-    fn of(attempt: &Attempt) -> LastFailure {
-        LastFailure {
-            at: attempt.attempted_at,
-            status: attempt.status_code,
-            error: without_nul(&describe_failure(attempt)),
-        }
-    }
-}
-
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
 async fn track_outage(
     conn: &mut PgConnection,
@@ -440,7 +423,8 @@ async fn track_outage(
     after: AfterAttempt,
 ) -> StoreResult<()> {
     let endpoint_id = &claimed.endpoint.id;
-    let last = LastFailure::of(attempt);
+    let mut last = LastFailure::of(attempt);
+    last.error = without_nul(&last.error);
     if after == AfterAttempt::Succeeded {
         let closed: Option<(i64, Option<i64>)> = sqlx::query_as(
             "DELETE FROM endpoint_outages WHERE endpoint_id = $1 \

@@ -13,8 +13,8 @@ use crate::model::{
     AfterAttempt, AlertDetail, AlertKind, Attempt, DeliveryStatus, Endpoint, NewEvent, Ordering,
 };
 use crate::store::{
-    describe_failure, from_micros, micros, Accepted, AttemptOutcome, ClaimRequest, Claimed,
-    StoreError, StoreResult,
+    from_micros, micros, Accepted, AttemptOutcome, ClaimRequest, Claimed, LastFailure, StoreError,
+    StoreResult,
 };
 
 /// Stores an event and one delivery per enabled endpoint subscribed to its type.
@@ -328,23 +328,6 @@ pub(super) fn expire_overdue(
         }
     }
     Ok(expired)
-}
-
-/// What an alert says about the endpoint's last failure.
-struct LastFailure {
-    at: Timestamp,
-    status: Option<u16>,
-    error: String,
-}
-
-impl LastFailure {
-    fn of(attempt: &Attempt) -> LastFailure {
-        LastFailure {
-            at: attempt.attempted_at,
-            status: attempt.status_code,
-            error: describe_failure(attempt),
-        }
-    }
 }
 
 /// Keeps the endpoint's outage row and alerts in step with an attempt's outcome.
