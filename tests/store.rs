@@ -459,6 +459,93 @@ async fn an_event_with_many_subscribers_gets_a_delivery_for_each() {
     }
 }
 
+/// Events accepted at the same moment are stored together; each still gets exactly
+/// the answer and the deliveries it would get alone: one per enabled subscriber (also
+/// for a type that gained subscribers since its last event, or has more than ingest
+/// expects), none for a type nobody subscribes to, and a refusal for an unknown type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_together_each_get_their_own_answer_and_deliveries() {
+    let opened = open().await;
+    let catalog = herald::catalog::default_catalog();
+    let (grown, unsubscribed, crowded) = (&catalog[0].name, &catalog[1].name, &catalog[2].name);
+    let mut subscribers: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    for n in 0..3 {
+        subscribers[0].push(opened.endpoint(&format!("grown-{n}"), grown).await);
+    }
+    let now = Utc::now();
+    let first = opened.store.insert_event(&new_event(grown, now, 0)).await;
+    assert_eq!(first.expect("first event").deliveries, 3);
+    let had_first = subscribers[0].clone();
+    subscribers[0].push(opened.endpoint("grown-3", grown).await);
+    for n in 0..12 {
+        subscribers[1].push(opened.endpoint(&format!("crowded-{n:02}"), crowded).await);
+    }
+    for list in &mut subscribers {
+        list.sort();
+    }
+
+    let types = [grown.as_str(), unsubscribed, "no.such.type", crowded];
+    let events: Vec<NewEvent> = (0..80)
+        .map(|n| new_event(types[n % types.len()], now, n))
+        .collect();
+    let answers =
+        futures_util::future::join_all(events.iter().map(|e| opened.store.insert_event(e)));
+    let answers = answers.await;
+
+    let mut expected_per_endpoint = std::collections::HashMap::<String, usize>::new();
+    for (n, (event, answer)) in events.iter().zip(&answers).enumerate() {
+        match (n % types.len(), answer) {
+            (2, Err(StoreError::UnknownEventType)) => continue,
+            (kind, Ok(accepted)) if kind != 2 => {
+                let wanted: &[String] = match kind {
+                    0 => &subscribers[0],
+                    3 => &subscribers[1],
+                    _ => &[],
+                };
+                assert_eq!(accepted.event_id, event.id);
+                assert_eq!(accepted.deliveries, wanted.len() as i64, "event {n}");
+                assert_eq!(accepted.endpoints, wanted, "event {n}");
+                assert!(!accepted.replayed);
+                for endpoint_id in wanted {
+                    *expected_per_endpoint
+                        .entry(endpoint_id.clone())
+                        .or_default() += 1;
+                }
+            }
+            (_, other) => panic!(
+                "event {n} of type {} was answered {other:?}",
+                event.event_type
+            ),
+        }
+    }
+    for endpoint_id in subscribers.iter().flatten() {
+        let filter = DeliveryFilter {
+            endpoint_id: Some(endpoint_id.clone()),
+            limit: 100,
+            ..DeliveryFilter::default()
+        };
+        let page = opened.store.list_deliveries(&filter).await.unwrap();
+        let stored: std::collections::HashSet<&str> =
+            page.items.iter().map(|d| d.event_id.as_str()).collect();
+        let expected =
+            expected_per_endpoint[endpoint_id] + usize::from(had_first.contains(endpoint_id));
+        assert_eq!(page.items.len(), expected, "deliveries of {endpoint_id}");
+        assert_eq!(stored.len(), expected, "one delivery per event");
+        for (n, event) in events.iter().enumerate() {
+            let subscribed = match n % types.len() {
+                0 => subscribers[0].contains(endpoint_id),
+                3 => subscribers[1].contains(endpoint_id),
+                _ => false,
+            };
+            assert_eq!(
+                stored.contains(event.id.as_str()),
+                subscribed,
+                "event {n} at {endpoint_id}"
+            );
+        }
+    }
+}
+
 /// A store knows whether another process works on it: never on SQLite, which one
 /// process owns; on PostgreSQL, once a second store is open on the same database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

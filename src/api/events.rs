@@ -62,9 +62,7 @@ pub async fn create_event(
         }
         Err(err) => return Err(err.into()),
     };
-    if accepted.deliveries > 0 && !accepted.replayed {
-        state.engine.wake();
-    }
+    state.engine.deliveries_stored(&accepted.endpoints);
 
     let out = AcceptedOut {
         id: accepted.event_id,

@@ -116,6 +116,20 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// Tells the scheduler that new deliveries were stored for these endpoints. Those
+    /// whose lane is running need no scheduler pass: a lane claims again before it
+    /// ends, and wakes the scheduler when it ends, so a delivery committed after its
+    /// last claim is found by that pass. A burst to busy endpoints thus costs the
+    /// scheduler nothing.
+    pub fn deliveries_stored(&self, endpoint_ids: &[String]) {
+        let lanes = self.lanes.lock().expect("lanes lock");
+        let idle = endpoint_ids.iter().any(|id| !lanes.contains(id));
+        drop(lanes);
+        if idle {
+            self.wake();
+        }
+    }
+
     /// Runs the scheduler until `cancel`, then waits (bounded) for in-flight attempts.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);

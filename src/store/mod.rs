@@ -118,6 +118,8 @@ pub struct Accepted {
     pub deliveries: i64,
     /// True when an earlier request with the same idempotency key is answered again.
     pub replayed: bool,
+    /// The endpoints this request gave a new delivery; none when replayed.
+    pub endpoints: Vec<String>,
 }
 
 /// A page of a list, newest first.

@@ -3,8 +3,10 @@
 //!
 //! PostgreSQL delivers a notification only when its transaction commits, and folds
 //! repeats within one transaction, so a batch of many events costs one notification.
-//! A notification carries no data: it only means "look at the queue now". Whatever a
-//! lost notification would have said, the engine's own poll finds a moment later.
+//! A notification means only "look at the queue now"; it carries the name of the
+//! process that sent it, and a process passes over its own, since it wakes its engine
+//! itself when it stores work. Whatever a lost notification would have said, the
+//! engine's own poll finds a moment later.
 
 use std::time::Duration;
 
@@ -19,12 +21,18 @@ pub(super) const CHANNEL: &str = "herald_wake";
 /// The longest wait between two tries to listen again while the database is away.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
-/// Listens until `cancel`, turning each notification into a change of `wake`.
-pub(super) async fn run(pool: PgPool, wake: watch::Sender<()>, cancel: CancellationToken) {
+/// Listens until `cancel`, turning each notification from a process other than `own`
+/// (its application name) into a change of `wake`.
+pub(super) async fn run(
+    pool: PgPool,
+    own: String,
+    wake: watch::Sender<()>,
+    cancel: CancellationToken,
+) {
     let mut retry = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         let listened = tokio::select! {
-            result = listen(&pool, &wake, &mut retry) => result,
+            result = listen(&pool, &own, &wake, &mut retry) => result,
             _ = cancel.cancelled() => return,
         };
         if let Err(err) = listened {
@@ -41,6 +49,7 @@ pub(super) async fn run(pool: PgPool, wake: watch::Sender<()>, cancel: Cancellat
 /// Receives notifications on one connection until it fails.
 async fn listen(
     pool: &PgPool,
+    own: &str,
     wake: &watch::Sender<()>,
     retry: &mut Duration,
 ) -> Result<(), sqlx::Error> {
@@ -52,6 +61,7 @@ async fn listen(
     wake.send_replace(());
     loop {
         match listener.try_recv().await? {
+            Some(notification) if notification.payload() == own => {}
             Some(_) => {
                 wake.send_replace(());
             }

@@ -69,7 +69,12 @@ impl PostgresStore {
 
         let (wake, wakeups) = watch::channel(());
         let cancel = CancellationToken::new();
-        tokio::spawn(listener::run(pool.clone(), wake, cancel.clone()));
+        tokio::spawn(listener::run(
+            pool.clone(),
+            name.clone(),
+            wake,
+            cancel.clone(),
+        ));
         Ok(PostgresStore {
             pool,
             name,
@@ -173,9 +178,11 @@ fn attempt_from_row(row: &PgRow) -> AttemptRecord {
     }
 }
 
-/// Tells every process (this one included) that deliveries may have become due.
+/// Tells the other processes that deliveries may have become due. The notification
+/// carries the sender's application name, so that its own listener passes it over: this
+/// process wakes its engine itself.
 async fn notify_all(executor: impl sqlx::PgExecutor<'_>) -> StoreResult<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
+    sqlx::query("SELECT pg_notify($1, current_setting('application_name'))")
         .bind(listener::CHANNEL)
         .execute(executor)
         .await?;
@@ -234,6 +241,13 @@ impl BatchWrites for PostgresWrites {
 
     async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted> {
         queue::insert_event_in(conn, event).await
+    }
+
+    async fn insert_events(
+        conn: &mut Self::Conn,
+        events: &[&NewEvent],
+    ) -> StoreResult<Vec<StoreResult<Accepted>>> {
+        queue::insert_events_in(conn, events).await
     }
 
     async fn claim(

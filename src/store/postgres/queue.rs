@@ -13,7 +13,8 @@
 //!   so every transaction takes its locks in the order endpoint, then deliveries.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::Row;
@@ -29,9 +30,27 @@ use crate::store::{
     StoreResult,
 };
 
-/// The most subscribers an event type was seen with, to hand ingest enough delivery ids
-/// for one statement; a type with more costs a second one.
-static DELIVERY_IDS: AtomicUsize = AtomicUsize::new(8);
+/// How many subscribers each event type had when an event of it was last stored, so
+/// that ingest sends enough delivery ids for one statement; a type that gained
+/// subscribers since costs a second one. Ids are made here, not by the database,
+/// because they are ULIDs.
+static SUBSCRIBERS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);
+
+/// Delivery ids to send with an event of this type.
+fn ids_for(event_type: &str) -> usize {
+    let known = SUBSCRIBERS.lock().expect("subscribers lock");
+    known.get(event_type).copied().unwrap_or(DEFAULT_IDS)
+}
+
+fn remember_subscribers(event_type: &str, count: usize) {
+    let mut known = SUBSCRIBERS.lock().expect("subscribers lock");
+    if known.get(event_type) != Some(&count) {
+        known.insert(event_type.to_string(), count);
+    }
+}
+
+/// Delivery ids sent with an event of a type not seen yet.
+const DEFAULT_IDS: usize = 8;
 
 /// Stores an event and its deliveries, in one statement that also checks the event type
 /// and an earlier request with the same idempotency key. A concurrent insert of the same
@@ -40,7 +59,7 @@ pub(super) async fn insert_event_in(
     conn: &mut PgConnection,
     event: &NewEvent,
 ) -> StoreResult<Accepted> {
-    let mut ids = DELIVERY_IDS.load(AtomicOrdering::Relaxed);
+    let mut ids = ids_for(&event.event_type);
     loop {
         let delivery_ids: Vec<String> = (0..ids).map(|_| new_id("dlv")).collect();
         let row = sqlx::query(
@@ -68,7 +87,7 @@ pub(super) async fn insert_event_in(
                  $5, $5 \
                FROM targets t CROSS JOIN ev ORDER BY t.endpoint_id) \
              SELECT facts.known, facts.wanted, (SELECT count(*) FROM ev) AS inserted, \
-               earlier.id, earlier.request_hash, earlier.delivery_count \
+               ARRAY(SELECT endpoint_id FROM targets ORDER BY n) AS endpoints, earlier.id, earlier.request_hash, earlier.delivery_count \
              FROM facts LEFT JOIN earlier ON true",
         )
         .bind(&event.id)
@@ -88,16 +107,17 @@ pub(super) async fn insert_event_in(
             return Err(StoreError::UnknownEventType);
         }
         let wanted = row.get::<i64, _>("wanted") as usize;
+        remember_subscribers(&event.event_type, wanted);
         if row.get::<i64, _>("inserted") == 1 {
             return Ok(Accepted {
                 event_id: event.id.clone(),
                 deliveries: wanted as i64,
                 replayed: false,
+                endpoints: row.get("endpoints"),
             });
         }
         if wanted > ids {
             // Nothing was written; again, with an id for every subscriber.
-            DELIVERY_IDS.fetch_max(wanted, AtomicOrdering::Relaxed);
             ids = wanted;
             continue;
         }
@@ -106,6 +126,100 @@ pub(super) async fn insert_event_in(
             .await?
             .ok_or_else(|| StoreError::Unavailable("idempotency key vanished".to_string()));
     }
+}
+
+/// Stores events that carry no idempotency key, with their deliveries, in one
+/// statement however many there are: per event the answer [`insert_event_in`] would
+/// give. An event whose type has more subscribers than delivery ids were sent for it is
+/// left out of the statement and stored after it on its own.
+pub(super) async fn insert_events_in(
+    conn: &mut PgConnection,
+    events: &[&NewEvent],
+) -> StoreResult<Vec<StoreResult<Accepted>>> {
+    debug_assert!(events.iter().all(|e| e.idempotency_key.is_none()));
+    // Event n may take `allotted[n]` ids from `delivery_ids`, starting after `first[n]`.
+    let allotted: Vec<i64> = events
+        .iter()
+        .map(|e| ids_for(&e.event_type) as i64)
+        .collect();
+    let first: Vec<i64> = allotted
+        .iter()
+        .scan(0, |taken, &n| {
+            let start = *taken;
+            *taken += n;
+            Some(start)
+        })
+        .collect();
+    let total = allotted.iter().sum::<i64>() as usize;
+    let delivery_ids: Vec<String> = (0..total).map(|_| new_id("dlv")).collect();
+    let column = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(|e| f(e)).collect() };
+    let accepted_at: Vec<i64> = events.iter().map(|e| micros(e.accepted_at)).collect();
+    let rows = sqlx::query(
+        "WITH input AS ( \
+           SELECT i.*, EXISTS (SELECT 1 FROM event_types WHERE name = i.event_type) AS known, \
+             ARRAY(SELECT s.endpoint_id FROM endpoint_events s \
+               JOIN endpoints e ON e.id = s.endpoint_id \
+               WHERE s.event_type = i.event_type AND e.enabled \
+               ORDER BY s.endpoint_id) AS endpoints \
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+             $6::text[], $7::int8[], $8::int8[]) WITH ORDINALITY \
+             AS i(id, event_type, object_key, body, created_at, request_hash, allotted, \
+               first, n)), \
+         stored AS MATERIALIZED ( \
+           SELECT * FROM input WHERE known AND cardinality(endpoints) <= allotted), \
+         ev AS ( \
+           INSERT INTO events (id, event_type, object_key, body, created_at, \
+             request_hash, delivery_count) \
+           SELECT id, event_type, object_key, body, created_at, request_hash, \
+             cardinality(endpoints) FROM stored ORDER BY n), \
+         d AS ( \
+           INSERT INTO deliveries (id, event_id, endpoint_id, event_type, object_key, \
+             status, test, created_at, next_attempt_at) \
+           SELECT ($9::text[])[v.first + t.k], v.id, t.endpoint_id, v.event_type, \
+             v.object_key, 'pending', false, v.created_at, v.created_at \
+           FROM stored v, unnest(v.endpoints) WITH ORDINALITY AS t(endpoint_id, k) \
+           ORDER BY v.n, t.k) \
+         SELECT n, known, endpoints FROM input",
+    )
+    .bind(column(|e| &e.id))
+    .bind(column(|e| &e.event_type))
+    .bind(column(|e| &e.object_key))
+    .bind(column(|e| &e.body))
+    .bind(&accepted_at)
+    .bind(column(|e| &e.request_hash))
+    .bind(&allotted)
+    .bind(&first)
+    .bind(&delivery_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut answers: Vec<Option<StoreResult<Accepted>>> = (0..events.len()).map(|_| None).collect();
+    let mut left_out = Vec::new();
+    for row in &rows {
+        let n = row.get::<i64, _>("n") as usize - 1;
+        let (event, endpoints): (&NewEvent, Vec<String>) = (events[n], row.get("endpoints"));
+        answers[n] = if !row.get::<bool, _>("known") {
+            Some(Err(StoreError::UnknownEventType))
+        } else if endpoints.len() as i64 > allotted[n] {
+            left_out.push(n);
+            None
+        } else {
+            remember_subscribers(&event.event_type, endpoints.len());
+            Some(Ok(Accepted {
+                event_id: event.id.clone(),
+                deliveries: endpoints.len() as i64,
+                replayed: false,
+                endpoints,
+            }))
+        };
+    }
+    for n in left_out {
+        answers[n] = Some(insert_event_in(conn, events[n]).await);
+    }
+    Ok(answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or_else(|| Err(StoreError::Unavailable("no answer".into()))))
+        .collect())
 }
 
 async fn replay_idempotent(
@@ -137,6 +251,7 @@ fn replay_of(row: &PgRow, event: &NewEvent) -> StoreResult<Option<Accepted>> {
         event_id,
         deliveries: row.get("delivery_count"),
         replayed: true,
+        endpoints: Vec::new(),
     }))
 }
 

@@ -54,6 +54,19 @@ pub(super) trait BatchWrites: Send + Sync + 'static {
     /// at once, separated by `;`).
     async fn exec(conn: &mut Self::Conn, sql: &'static str) -> StoreResult<()>;
     async fn insert_event(conn: &mut Self::Conn, event: &NewEvent) -> StoreResult<Accepted>;
+    /// Stores several events that carry no idempotency key, in the order given; per
+    /// event the answer `insert_event` would give. An error of the whole is a database
+    /// error that leaves the transaction aborted.
+    async fn insert_events(
+        conn: &mut Self::Conn,
+        events: &[&NewEvent],
+    ) -> StoreResult<Vec<StoreResult<Accepted>>> {
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            answers.push(Self::insert_event(conn, event).await);
+        }
+        Ok(answers)
+    }
     /// Claims up to `limit` of the endpoint's due deliveries, in order.
     async fn claim(
         conn: &mut Self::Conn,
@@ -354,14 +367,45 @@ impl<W: BatchWrites> Writer<W> {
 }
 
 async fn run_in_transaction<W: BatchWrites>(conn: &mut W::Conn, batch: Vec<(Job, Reply)>) -> Ended {
-    let mut outputs = Vec::with_capacity(batch.len());
-    for (job, _) in &batch {
+    // Events without an idempotency key are stored together, by one call, where the
+    // first of them comes in the batch's order (they sort after every claim and record,
+    // and before every keyed insert).
+    let unkeyed: Vec<usize> = (0..batch.len())
+        .filter(|&i| matches!(&batch[i].0, Job::Insert(e) if e.idempotency_key.is_none()))
+        .collect();
+    let mut outputs: Vec<Option<Output>> = (0..batch.len()).map(|_| None).collect();
+    for (i, (job, _)) in batch.iter().enumerate() {
+        if outputs[i].is_some() {
+            continue;
+        }
+        if unkeyed.len() > 1 && unkeyed[0] == i {
+            let events: Vec<&NewEvent> = unkeyed
+                .iter()
+                .filter_map(|&k| match &batch[k].0 {
+                    Job::Insert(event) => Some(event),
+                    _ => None,
+                })
+                .collect();
+            let answers = match W::insert_events(conn, &events).await {
+                Ok(answers) => answers,
+                Err(err) => return roll_back::<W>(conn, batch, Err(err)).await,
+            };
+            for (&k, answer) in unkeyed.iter().zip(answers) {
+                let output = Output::Insert(answer);
+                if output.broke_transaction() {
+                    return roll_back::<W>(conn, batch, Ok(output)).await;
+                }
+                outputs[k] = Some(output);
+            }
+            continue;
+        }
         let output = job.run::<W>(conn).await;
         if output.broke_transaction() {
             return roll_back::<W>(conn, batch, Ok(output)).await;
         }
-        outputs.push(output);
+        outputs[i] = Some(output);
     }
+    let outputs: Vec<Output> = outputs.into_iter().flatten().collect();
 
     if outputs.iter().any(Output::stored_deliveries) {
         if let Err(err) = W::after_new_deliveries(conn).await {
@@ -490,6 +534,7 @@ mod tests {
                 event_id: event.id.clone(),
                 deliveries: 0,
                 replayed: false,
+                endpoints: Vec::new(),
             })
         }
 

@@ -45,6 +45,7 @@ pub(super) fn insert_event(conn: &Connection, event: &NewEvent) -> StoreResult<A
         event_id: event.id.clone(),
         deliveries: endpoints.len() as i64,
         replayed: false,
+        endpoints,
     })
 }
 
@@ -138,6 +139,7 @@ fn replay_idempotent(conn: &Connection, event: &NewEvent) -> StoreResult<Option<
         event_id,
         deliveries,
         replayed: true,
+        endpoints: Vec::new(),
     }))
 }
 
