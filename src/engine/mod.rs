@@ -13,6 +13,7 @@ pub mod egress;
 mod pacing;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,11 @@ pub struct Engine {
     policy: EgressPolicy,
     client: Client,
     wake: Notify,
+    /// Whether the next scheduler pass must ask the store which endpoints are due.
+    look: AtomicBool,
+    /// Endpoints given new deliveries while they had no lane: due at once, without
+    /// asking the store.
+    fresh: Mutex<Vec<String>>,
     lanes: Mutex<HashSet<String>>,
     pacing: pacing::Pacing,
     next_sweep: Mutex<Option<Timestamp>>,
@@ -94,6 +100,8 @@ impl Engine {
             pacing: pacing::Pacing::new(settings.down_endpoint_rate),
             settings,
             wake: Notify::new(),
+            look: AtomicBool::new(true),
+            fresh: Mutex::new(Vec::new()),
             lanes: Mutex::new(HashSet::new()),
             next_sweep: Mutex::new(None),
             changed: Mutex::new(HashSet::new()),
@@ -113,20 +121,26 @@ impl Engine {
 
     /// Tells the scheduler that deliveries may have become due.
     pub fn wake(&self) {
+        self.look.store(true, AtomicOrdering::SeqCst);
         self.wake.notify_one();
     }
 
-    /// Tells the scheduler that new deliveries were stored for these endpoints. Those
-    /// whose lane is running need no scheduler pass: a lane claims again before it
-    /// ends, and wakes the scheduler when it ends, so a delivery committed after its
-    /// last claim is found by that pass. A burst to busy endpoints thus costs the
-    /// scheduler nothing.
+    /// Tells the scheduler that new deliveries, due now, were stored for these
+    /// endpoints. One without a lane gets a lane at once, with no look at the store.
+    /// One whose lane is running needs nothing: a lane claims again before it ends and
+    /// wakes the scheduler when it ends, so a delivery committed after its last claim
+    /// is found by that pass. A burst to busy endpoints thus costs the scheduler nothing.
     pub fn deliveries_stored(&self, endpoint_ids: &[String]) {
         let lanes = self.lanes.lock().expect("lanes lock");
-        let idle = endpoint_ids.iter().any(|id| !lanes.contains(id));
+        let idle: Vec<String> = endpoint_ids
+            .iter()
+            .filter(|id| !lanes.contains(*id))
+            .cloned()
+            .collect();
         drop(lanes);
-        if idle {
-            self.wake();
+        if !idle.is_empty() {
+            self.fresh.lock().expect("fresh lock").extend(idle);
+            self.wake.notify_one();
         }
     }
 
@@ -137,6 +151,8 @@ impl Engine {
             match self.schedule(&cancel).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(err) => {
+                    // The pass may have stopped before it started every lane it meant to.
+                    self.look.store(true, AtomicOrdering::SeqCst);
                     warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot reach the store");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -173,6 +189,8 @@ impl Engine {
             .settings
             .max_concurrent_endpoints
             .saturating_sub(running);
+        let fresh = std::mem::take(&mut *self.fresh.lock().expect("fresh lock"));
+        let look = self.look.swap(false, AtomicOrdering::SeqCst);
         if room > 0 {
             let mut busy: Vec<String> = self
                 .lanes
@@ -182,8 +200,18 @@ impl Engine {
                 .cloned()
                 .collect();
             busy.extend(paused);
-            let due = self.store.due_endpoints(now, &busy, room as i64).await?;
-            debug!(due = due.len(), busy = busy.len(), "scheduler pass");
+            let mut due: Vec<String> = Vec::new();
+            for endpoint_id in fresh {
+                if due.len() < room && !busy.contains(&endpoint_id) && !due.contains(&endpoint_id) {
+                    due.push(endpoint_id);
+                }
+            }
+            if look && due.len() < room {
+                busy.extend(due.iter().cloned());
+                let more = room - due.len();
+                due.extend(self.store.due_endpoints(now, &busy, more as i64).await?);
+            }
+            debug!(due = due.len(), busy = busy.len(), look, "scheduler pass");
             for endpoint_id in due {
                 self.start_lane(endpoint_id, cancel.clone());
             }
@@ -202,8 +230,8 @@ impl Engine {
         };
         tokio::select! {
             _ = self.wake.notified() => {}
-            _ = until_due => {}
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = until_due => self.look.store(true, AtomicOrdering::SeqCst),
+            _ = tokio::time::sleep(POLL_INTERVAL) => self.look.store(true, AtomicOrdering::SeqCst),
             _ = cancel.cancelled() => {}
         }
         Ok(())

@@ -43,15 +43,23 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// tasks; a process that dies meanwhile leaves it to be sent after this.
 const ALERT_LEASE: Duration = Duration::from_secs(300);
 
-/// Writer tasks per process, each with its own connection: two keep the database busy
-/// while one of them waits for a round trip or a commit's flush.
-const WRITERS: usize = 2;
+/// Writer tasks per process for events, each with its own connection. One statement
+/// stores every event of a batch, so one writer is enough.
+const EVENT_WRITERS: usize = 1;
+
+/// Writer tasks per process for lanes' claims and records: two keep the database busy
+/// while one of them waits for a round trip. They have queues of their own, so that a
+/// lane never waits behind a batch of events, whose commit waits for the disk.
+const LANE_WRITERS: usize = 2;
 
 pub struct PostgresStore {
     pool: PgPool,
     /// The application name of this process's connections, unique to it.
     name: String,
-    writer_queue: WriterQueue,
+    /// Stores events.
+    event_writer: WriterQueue,
+    /// Claims and records attempts.
+    lane_writer: WriterQueue,
     wakeups: watch::Receiver<()>,
     /// Stops the listener when the store is dropped.
     _listener: DropGuard,
@@ -64,8 +72,11 @@ impl PostgresStore {
         let name = format!("herald {}", new_id("proc"));
         let options = PgConnectOptions::from_str(url)?.application_name(&name);
         let pool = pool(options.clone(), POOL_CONNECTIONS).await?;
-        let writer = pool_options(WRITERS as u32).connect_lazy_with(options);
-        let writer_queue = WriterQueue::start(PostgresWrites { pool: writer }, WRITERS);
+        let writers = pool_options((EVENT_WRITERS + LANE_WRITERS) as u32)
+            .connect_lazy_with(options);
+        let target = PostgresWrites { pool: writers };
+        let event_writer = WriterQueue::start(target.clone(), EVENT_WRITERS);
+        let lane_writer = WriterQueue::start(target, LANE_WRITERS);
 
         let (wake, wakeups) = watch::channel(());
         let cancel = CancellationToken::new();
@@ -78,7 +89,8 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             name,
-            writer_queue,
+            event_writer,
+            lane_writer,
             wakeups,
             _listener: cancel.drop_guard(),
         })
@@ -615,7 +627,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_event(&self, event: &NewEvent) -> StoreResult<Accepted> {
-        self.writer_queue.insert_event(event.clone()).await
+        self.event_writer.insert_event(event.clone()).await
     }
 
     async fn insert_test_delivery(
@@ -798,8 +810,10 @@ impl Store for PostgresStore {
     async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT least( \
-               (SELECT min(next_attempt_at) FROM deliveries \
-                 WHERE status = 'pending' AND next_attempt_at > $1), \
+               (SELECT min(x.t) FROM endpoints e CROSS JOIN LATERAL ( \
+                 SELECT min(d.next_attempt_at) AS t FROM deliveries d \
+                 WHERE d.endpoint_id = e.id AND d.status = 'pending' \
+                 AND d.next_attempt_at > $1) x), \
                (SELECT min(lease_until) FROM deliveries \
                  WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > $1))",
         )
@@ -810,13 +824,13 @@ impl Store for PostgresStore {
     }
 
     async fn claim_next(&self, request: ClaimRequest) -> StoreResult<Option<Claimed>> {
-        Ok(self.writer_queue.claim(request, 1).await?.pop())
+        Ok(self.lane_writer.claim(request, 1).await?.pop())
     }
 
     /// Several deliveries under one lease: while any of them is unsettled the endpoint
     /// has a live lease, so no other process starts a lane for it.
     async fn claim_many(&self, request: ClaimRequest, limit: usize) -> StoreResult<Vec<Claimed>> {
-        self.writer_queue.claim(request, limit).await
+        self.lane_writer.claim(request, limit).await
     }
 
     /// One job for the writer, however many outcomes: see `queue::record_in` for what
@@ -826,7 +840,7 @@ impl Store for PostgresStore {
         outcomes: Vec<AttemptOutcome>,
         then_claim: Option<(ClaimRequest, usize)>,
     ) -> StoreResult<RecordedMany> {
-        self.writer_queue.record(outcomes, then_claim).await
+        self.lane_writer.record(outcomes, then_claim).await
     }
 
     async fn expire_overdue(&self, cutoff: Timestamp, now: Timestamp) -> StoreResult<u64> {

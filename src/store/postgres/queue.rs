@@ -297,15 +297,17 @@ pub(super) async fn claim_in(
              AND l.status = 'pending' AND NOT l.test AND l.lease_until > $2) \
            AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = $1 \
              AND p.status = 'pending' AND p.object_key = c.object_key AND p.seq < c.seq)) \
-           ORDER BY c.seq LIMIT $5 FOR UPDATE OF c) \
+           ORDER BY c.seq + 0 LIMIT $5 FOR UPDATE OF c) \
          UPDATE deliveries d SET lease_until = $3 FROM picked, events v \
          WHERE d.seq = picked.seq AND v.id = d.event_id AND d.status || '' = 'pending' \
          AND (d.lease_until IS NULL OR d.lease_until <= $2) \
          RETURNING {DELIVERY_COLUMNS}"
     );
     // The pick must walk the endpoint's pending deliveries in `seq` order, stopping
-    // after `limit` rows: the writer's transaction rules out the sorts and bitmap scans
-    // that stale statistics would otherwise pick (see `plan_by_index` in `mod.rs`).
+    // after `limit` rows. It orders by `seq + 0`, which only the index of pending
+    // deliveries by endpoint holds, and the writer's transaction rules out the sorts
+    // and bitmap scans that any other plan would need (see `plan_by_index` in `mod.rs`
+    // and the migration that made the index).
     let rows = sqlx::query(&sql)
         .bind(&request.endpoint_id)
         .bind(micros(request.now))

@@ -719,8 +719,10 @@ impl Store for SqliteStore {
     async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT min(t) FROM ( \
-               SELECT min(next_attempt_at) AS t FROM deliveries \
-                 WHERE status = 'pending' AND next_attempt_at > ?1 \
+               SELECT (SELECT min(d.next_attempt_at) FROM deliveries d \
+                 INDEXED BY deliveries_pending_due_by_endpoint \
+                 WHERE d.endpoint_id = e.id AND d.status = 'pending' \
+                 AND d.next_attempt_at > ?1) AS t FROM endpoints e \
                UNION ALL \
                SELECT min(lease_until) AS t FROM deliveries \
                  WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > ?1)",
