@@ -116,16 +116,6 @@ async fn run_ingest(args: &Args, sizes: &Sizes, ceiling: Option<f64>) -> anyhow:
 
 /// Latency from each event's 202 to each of its arrivals, in milliseconds, sorted.
 fn latencies(accepted: &load::Accepted, arrivals: &HashMap<String, Vec<Instant>>) -> Vec<f64> {
-    if let Ok(path) = std::env::var("DUMP") {
-        let first = accepted.iter().map(|(_, at)| *at).min().unwrap();
-        let mut out = String::new();
-        for (id, at) in accepted.iter() {
-            for arrived in arrivals.get(id).into_iter().flatten() {
-                out += &format!("{:.4} {:.3}\n", at.duration_since(first).as_secs_f64(), arrived.saturating_duration_since(*at).as_secs_f64()*1000.0);
-            }
-        }
-        std::fs::write(format!("{path}.{}", accepted.len()), out).unwrap();
-    }
     let mut all: Vec<f64> =
         accepted
             .iter()

@@ -789,12 +789,16 @@ impl Store for PostgresStore {
         limit: i64,
     ) -> StoreResult<Vec<String>> {
         // One index probe per endpoint: the cost does not grow with the deliveries
-        // waiting.
+        // waiting. A lateral subquery with a limit is run once per endpoint, with the
+        // endpoint's id in hand; as a plain EXISTS the planner may instead read every
+        // due delivery of all endpoints and match them up, which a stalled endpoint's
+        // backlog makes slow.
         let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT e.id FROM endpoints e WHERE e.enabled AND e.id <> ALL($2::text[]) \
-             AND EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = e.id \
+            "SELECT e.id FROM endpoints e CROSS JOIN LATERAL ( \
+               SELECT 1 FROM deliveries d WHERE d.endpoint_id = e.id \
                AND d.status = 'pending' AND d.next_attempt_at <= $1 \
-               AND (d.lease_until IS NULL OR d.lease_until <= $1)) \
+               AND (d.lease_until IS NULL OR d.lease_until <= $1) LIMIT 1) due \
+             WHERE e.enabled AND e.id <> ALL($2::text[]) \
              AND NOT EXISTS (SELECT 1 FROM deliveries l WHERE l.endpoint_id = e.id \
                AND l.status = 'pending' AND NOT l.test AND l.lease_until > $1) \
              LIMIT $3",
@@ -808,12 +812,15 @@ impl Store for PostgresStore {
     }
 
     async fn next_wake(&self, now: Timestamp) -> StoreResult<Option<Timestamp>> {
+        // Per endpoint, the first entry of its pending deliveries by due time: ordered
+        // and limited, so that the one index in that order is the plan, not a scan of
+        // the endpoint's whole backlog.
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT least( \
                (SELECT min(x.t) FROM endpoints e CROSS JOIN LATERAL ( \
-                 SELECT min(d.next_attempt_at) AS t FROM deliveries d \
+                 SELECT d.next_attempt_at AS t FROM deliveries d \
                  WHERE d.endpoint_id = e.id AND d.status = 'pending' \
-                 AND d.next_attempt_at > $1) x), \
+                 AND d.next_attempt_at > $1 ORDER BY d.next_attempt_at LIMIT 1) x), \
                (SELECT min(lease_until) FROM deliveries \
                  WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > $1))",
         )
