@@ -72,8 +72,8 @@ impl PostgresStore {
         let name = format!("herald {}", new_id("proc"));
         let options = PgConnectOptions::from_str(url)?.application_name(&name);
         let pool = pool(options.clone(), POOL_CONNECTIONS).await?;
-        let writers = pool_options((EVENT_WRITERS + LANE_WRITERS) as u32)
-            .connect_lazy_with(options);
+        let writers =
+            pool_options((EVENT_WRITERS + LANE_WRITERS) as u32).connect_lazy_with(options);
         let target = PostgresWrites { pool: writers };
         let event_writer = WriterQueue::start(target.clone(), EVENT_WRITERS);
         let lane_writer = WriterQueue::start(target, LANE_WRITERS);

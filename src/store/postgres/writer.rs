@@ -1,12 +1,13 @@
 //! Group commit on PostgreSQL for the hot writes: event ingest, claims and attempt
 //! records.
 //!
-//! A few writer tasks per process share one queue; each owns a connection for these
-//! writes and keeps it from one batch to the next. A writer takes every job waiting in
-//! the queue, runs them in one transaction, commits once, and only then answers each
+//! Each queue has one or more writer tasks; each owns a connection for these writes
+//! and keeps it from one batch to the next. A writer takes every job waiting in its
+//! queue, runs them in one transaction, commits once, and only then answers each
 //! caller. A commit is a round trip and a WAL flush; sharing one between many jobs is
 //! what makes that affordable, and a second writer sends its batch while the first
 //! waits. Writers of one process order their locks as writers of separate processes do.
+//! The store keeps events and lanes' work in queues of their own.
 //! (SQLite has its own writer, `store::sqlite::writer`.)
 //!
 //! Jobs run straight in the transaction, with no savepoint of their own: a savepoint

@@ -166,7 +166,9 @@ pub(super) fn claim(
         return Ok(Vec::new());
     }
     let per_object = endpoint.ordering == Ordering::PerObject;
-    let mut seqs: Vec<i64> = conn
+    // The claimed rows come back whole, each with its event's body, from the one
+    // statement that leases them.
+    let mut claimed: Vec<Claimed> = conn
         .prepare_cached(
             "UPDATE deliveries SET lease_until = ?3 WHERE seq IN ( \
                SELECT d.seq FROM deliveries d INDEXED BY deliveries_pending_by_endpoint \
@@ -174,7 +176,10 @@ pub(super) fn claim(
                AND d.next_attempt_at <= ?2 AND (d.lease_until IS NULL OR d.lease_until <= ?2) \
                AND (NOT ?4 OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.endpoint_id = ?1 \
                  AND p.status = 'pending' AND p.object_key = d.object_key AND p.seq < d.seq)) \
-               ORDER BY d.seq LIMIT ?5) RETURNING seq",
+               ORDER BY d.seq LIMIT ?5) \
+             RETURNING seq, id, event_id, endpoint_id, event_type, status, test, created_at, \
+               first_attempt_at, next_attempt_at, last_attempt_at, attempt_count, \
+               (SELECT v.body FROM events v WHERE v.id = deliveries.event_id) AS body",
         )?
         .query_map(
             params![
@@ -184,26 +189,16 @@ pub(super) fn claim(
                 per_object,
                 limit as i64,
             ],
-            |row| row.get(0),
+            |row| {
+                Ok(Claimed {
+                    seq: row.get("seq")?,
+                    delivery: delivery_from_row(row),
+                    endpoint: endpoint.clone(),
+                })
+            },
         )?
         .collect::<Result<_, _>>()?;
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    seqs.sort_unstable();
-    let mut read = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events v ON v.id = d.event_id \
-         WHERE d.seq = ?1"
-    ))?;
-    let mut claimed = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        let delivery = read.query_row([seq], |row| Ok(delivery_from_row(row)))?;
-        claimed.push(Claimed {
-            seq,
-            delivery,
-            endpoint: endpoint.clone(),
-        });
-    }
+    claimed.sort_unstable_by_key(|c| c.seq);
     Ok(claimed)
 }
 
@@ -229,11 +224,14 @@ pub(super) fn touch_endpoints(conn: &Connection, outcomes: &[AttemptOutcome]) ->
 }
 
 /// Records an attempt and the delivery's next state; false when the delivery is gone.
+/// `no_outage` is true once this transaction has seen the endpoint's outage closed, so
+/// that a group of successes closes it once, not once each.
 pub(super) fn record(
     conn: &Connection,
     claimed: &Claimed,
     attempt: &Attempt,
     after: AfterAttempt,
+    no_outage: &mut bool,
 ) -> StoreResult<bool> {
     let (status, next) = match after {
         AfterAttempt::Succeeded => (DeliveryStatus::Succeeded, None),
@@ -281,7 +279,7 @@ pub(super) fn record(
         attempt.error,
     ])?;
     if !claimed.delivery.test {
-        track_outage(conn, &claimed.endpoint.id, attempt, after)?;
+        track_outage(conn, &claimed.endpoint.id, attempt, after, no_outage)?;
     }
     Ok(true)
 }
@@ -338,9 +336,13 @@ fn track_outage(
     endpoint_id: &str,
     attempt: &Attempt,
     after: AfterAttempt,
+    no_outage: &mut bool,
 ) -> StoreResult<()> {
     let last = LastFailure::of(attempt);
     if after == AfterAttempt::Succeeded {
+        if std::mem::replace(no_outage, true) {
+            return Ok(());
+        }
         let closed: Option<(i64, Option<i64>)> = conn
             .prepare_cached(
                 "DELETE FROM endpoint_outages WHERE endpoint_id = ?1 \
@@ -367,6 +369,7 @@ fn track_outage(
          ON CONFLICT (endpoint_id) DO UPDATE SET last_error = excluded.last_error",
     )?
     .execute(params![endpoint_id, micros(last.at), last.error])?;
+    *no_outage = false;
     if after == AfterAttempt::Failed {
         raise_failing(conn, endpoint_id, &last)?;
     }

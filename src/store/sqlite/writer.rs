@@ -134,6 +134,8 @@ fn unavailable<T>(why: &str) -> StoreResult<T> {
 }
 
 fn record_and_claim(conn: &Connection, job: &RecordJob) -> StoreResult<RecordedMany> {
+    // A lane's outcomes are all for its one endpoint.
+    let mut no_outage = false;
     let mut stored = Vec::with_capacity(job.outcomes.len());
     for outcome in &job.outcomes {
         stored.push(hot::record(
@@ -141,6 +143,7 @@ fn record_and_claim(conn: &Connection, job: &RecordJob) -> StoreResult<RecordedM
             &outcome.claimed,
             &outcome.attempt,
             outcome.after,
+            &mut no_outage,
         )?);
     }
     hot::touch_endpoints(conn, &job.outcomes)?;
