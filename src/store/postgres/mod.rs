@@ -52,10 +52,47 @@ const EVENT_WRITERS: usize = 1;
 /// lane never waits behind a batch of events, whose commit waits for the disk.
 const LANE_WRITERS: usize = 2;
 
+/// Every statement of a batch finds its rows through an index: the endpoint's
+/// pending deliveries in `seq` order, or rows by key. Right after a burst the
+/// statistics still describe a nearly empty table, and the planner would scan or
+/// sort all pending rows (or all deliveries) for each claim or record; one burst of
+/// 100,000 deliveries took minutes that way. Ruling out scans, sorts and hash or
+/// merge joins for the batch leaves it the index paths, which stay right at any size.
+/// A path ruled out still counts, at a huge cost, where nothing else can do; such a
+/// cost must not make the planner compile the statement (JIT takes tens of
+/// milliseconds), so JIT is off too. The scope is `LOCAL` for a transaction, `SESSION`
+/// for a connection that only ever runs such statements.
+macro_rules! plan_by_index {
+    ($scope:literal) => {
+        concat!(
+            "SET ",
+            $scope,
+            " jit = off; SET ",
+            $scope,
+            " enable_seqscan = off; ",
+            "SET ",
+            $scope,
+            " enable_sort = off; SET ",
+            $scope,
+            " enable_bitmapscan = off; ",
+            "SET ",
+            $scope,
+            " enable_hashjoin = off; SET ",
+            $scope,
+            " enable_mergejoin = off"
+        )
+    };
+}
+
 pub struct PostgresStore {
     pool: PgPool,
     /// The application name of this process's connections, unique to it.
     name: String,
+    /// The scheduler's questions (which endpoints are due, and when the next one is),
+    /// on one connection whose session plans by index as the writers' batches do: the
+    /// planner must not trade a probe per endpoint for a read of a stalled endpoint's
+    /// whole backlog, which it did, now and then, with statistics of a smaller table.
+    scheduler: PgPool,
     /// Stores events.
     event_writer: WriterQueue,
     /// Claims and records attempts.
@@ -73,8 +110,16 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?.application_name(&name);
         let pool = pool(options.clone(), POOL_CONNECTIONS).await?;
         let writers =
-            pool_options((EVENT_WRITERS + LANE_WRITERS) as u32).connect_lazy_with(options);
+            pool_options((EVENT_WRITERS + LANE_WRITERS) as u32).connect_lazy_with(options.clone());
         let target = PostgresWrites { pool: writers };
+        let scheduler = pool_options(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, plan_by_index!("SESSION")).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
         let event_writer = WriterQueue::start(target.clone(), EVENT_WRITERS);
         let lane_writer = WriterQueue::start(target, LANE_WRITERS);
 
@@ -89,6 +134,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             name,
+            scheduler,
             event_writer,
             lane_writer,
             wakeups,
@@ -201,23 +247,6 @@ async fn notify_all(executor: impl sqlx::PgExecutor<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// Every statement of a batch finds its rows through an index: the endpoint's
-/// pending deliveries in `seq` order, or rows by key. Right after a burst the
-/// statistics still describe a nearly empty table, and the planner would scan or
-/// sort all pending rows (or all deliveries) for each claim or record; one burst of
-/// 100,000 deliveries took minutes that way. Ruling out scans, sorts and hash or
-/// merge joins for the batch leaves it the index paths, which stay right at any size.
-/// A path ruled out still counts, at a huge cost, where nothing else can do; such a
-/// cost must not make the planner compile the statement (JIT takes tens of
-/// milliseconds), so JIT is off too.
-macro_rules! plan_by_index {
-    () => {
-        "SET LOCAL jit = off; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off; \
-         SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; \
-         SET LOCAL enable_mergejoin = off"
-    };
-}
-
 /// The group-committed writes, on each writer's connection.
 #[derive(Clone)]
 struct PostgresWrites {
@@ -228,14 +257,14 @@ struct PostgresWrites {
 impl BatchWrites for PostgresWrites {
     type Conn = PoolConnection<Postgres>;
 
-    const BEGIN: &'static str = concat!("BEGIN; ", plan_by_index!());
+    const BEGIN: &'static str = concat!("BEGIN; ", plan_by_index!("LOCAL"));
     /// A claim or an attempt record lost to a crash of the database server means a
     /// delivery is sent once more, which at-least-once delivery allows; so such a batch
     /// does not wait for its commit to reach the disk, as SQLite's writer does not.
     /// Only a batch that acknowledges an event does.
     const BEGIN_UNSYNCED: &'static str = concat!(
         "BEGIN; SET LOCAL synchronous_commit = off; ",
-        plan_by_index!()
+        plan_by_index!("LOCAL")
     );
 
     async fn acquire(&self) -> StoreResult<Self::Conn> {
@@ -806,7 +835,7 @@ impl Store for PostgresStore {
         .bind(micros(now))
         .bind(busy)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.scheduler)
         .await?;
         Ok(rows)
     }
@@ -825,7 +854,7 @@ impl Store for PostgresStore {
                  WHERE status = 'pending' AND lease_until IS NOT NULL AND lease_until > $1))",
         )
         .bind(micros(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.scheduler)
         .await?;
         Ok(next.map(from_micros))
     }
