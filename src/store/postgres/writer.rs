@@ -406,7 +406,10 @@ async fn run_in_transaction<W: BatchWrites>(conn: &mut W::Conn, batch: Vec<(Job,
         }
         outputs[i] = Some(output);
     }
-    let outputs: Vec<Output> = outputs.into_iter().flatten().collect();
+    let Some(outputs) = outputs.into_iter().collect::<Option<Vec<Output>>>() else {
+        let missing = StoreError::Unavailable("a job of the batch got no answer".to_string());
+        return roll_back::<W>(conn, batch, Err(missing)).await;
+    };
 
     if outputs.iter().any(Output::stored_deliveries) {
         if let Err(err) = W::after_new_deliveries(conn).await {
