@@ -546,6 +546,44 @@ async fn events_stored_together_each_get_their_own_answer_and_deliveries() {
     }
 }
 
+/// On PostgreSQL, an event one process stores wakes the other processes, and not the
+/// one that stored it: that one wakes its engine itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_wakes_the_other_processes_and_not_its_own() {
+    let opened = open().await;
+    let Some(database) = &opened.database else {
+        return;
+    };
+    let other = PostgresStore::open(&database.url)
+        .await
+        .expect("second store");
+    let mut own = opened.store.wakeups().expect("PostgreSQL sends wake-ups");
+    let mut theirs = other.wakeups().expect("PostgreSQL sends wake-ups");
+    // Each listener signals once when it starts listening.
+    let wait = std::time::Duration::from_secs(10);
+    for rx in [&mut own, &mut theirs] {
+        let listening = tokio::time::timeout(wait, rx.changed()).await;
+        listening.expect("listening").expect("listener alive");
+        rx.borrow_and_update();
+    }
+
+    let event_type = herald::catalog::default_catalog()[0].name.clone();
+    opened.endpoint("woken", &event_type).await;
+    let event = new_event(&event_type, Utc::now(), 1);
+    opened
+        .store
+        .insert_event(&event)
+        .await
+        .expect("event stored");
+
+    let woken = tokio::time::timeout(wait, theirs.changed()).await;
+    woken
+        .expect("the other process is woken")
+        .expect("listener alive");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!own.has_changed().unwrap(), "woken by its own notification");
+}
+
 /// A store knows whether another process works on it: never on SQLite, which one
 /// process owns; on PostgreSQL, once a second store is open on the same database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
