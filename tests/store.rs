@@ -1,7 +1,8 @@
 //! The store's hot writes, called directly on the store `HERALD_TEST_STORE` picks:
 //! recording a lane's attempts in one call leaves the same state, outages and alerts as
-//! recording them one at a time, and one write that fails in a group commit leaves the
-//! others of its batch committed.
+//! recording them one at a time; one write that fails in a group commit leaves the
+//! others of its batch committed; events stored together each get their own answer;
+//! and on PostgreSQL, an event wakes the other processes and not its own.
 
 mod common;
 
