@@ -71,7 +71,7 @@ pub struct Engine {
     look: AtomicBool,
     /// Endpoints given new deliveries while they had no lane: due at once, without
     /// asking the store.
-    fresh: Mutex<Vec<String>>,
+    fresh: Mutex<HashSet<String>>,
     lanes: Mutex<HashSet<String>>,
     pacing: pacing::Pacing,
     next_sweep: Mutex<Option<Timestamp>>,
@@ -101,7 +101,7 @@ impl Engine {
             settings,
             wake: Notify::new(),
             look: AtomicBool::new(true),
-            fresh: Mutex::new(Vec::new()),
+            fresh: Mutex::new(HashSet::new()),
             lanes: Mutex::new(HashSet::new()),
             next_sweep: Mutex::new(None),
             changed: Mutex::new(HashSet::new()),
@@ -200,12 +200,11 @@ impl Engine {
                 .cloned()
                 .collect();
             busy.extend(paused);
-            let mut due: Vec<String> = Vec::new();
-            for endpoint_id in fresh {
-                if due.len() < room && !busy.contains(&endpoint_id) && !due.contains(&endpoint_id) {
-                    due.push(endpoint_id);
-                }
-            }
+            let mut due: Vec<String> = fresh
+                .into_iter()
+                .filter(|endpoint_id| !busy.contains(endpoint_id))
+                .take(room)
+                .collect();
             if look && due.len() < room {
                 busy.extend(due.iter().cloned());
                 let more = room - due.len();

@@ -62,24 +62,16 @@ const LANE_WRITERS: usize = 2;
 /// cost must not make the planner compile the statement (JIT takes tens of
 /// milliseconds), so JIT is off too. The scope is `LOCAL` for a transaction, `SESSION`
 /// for a connection that only ever runs such statements.
+#[rustfmt::skip]
 macro_rules! plan_by_index {
     ($scope:literal) => {
         concat!(
-            "SET ",
-            $scope,
-            " jit = off; SET ",
-            $scope,
-            " enable_seqscan = off; ",
-            "SET ",
-            $scope,
-            " enable_sort = off; SET ",
-            $scope,
-            " enable_bitmapscan = off; ",
-            "SET ",
-            $scope,
-            " enable_hashjoin = off; SET ",
-            $scope,
-            " enable_mergejoin = off"
+            "SET ", $scope, " jit = off; ",
+            "SET ", $scope, " enable_seqscan = off; ",
+            "SET ", $scope, " enable_sort = off; ",
+            "SET ", $scope, " enable_bitmapscan = off; ",
+            "SET ", $scope, " enable_hashjoin = off; ",
+            "SET ", $scope, " enable_mergejoin = off"
         )
     };
 }

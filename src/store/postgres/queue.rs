@@ -87,7 +87,8 @@ pub(super) async fn insert_event_in(
                  $5, $5 \
                FROM targets t CROSS JOIN ev ORDER BY t.endpoint_id) \
              SELECT facts.known, facts.wanted, (SELECT count(*) FROM ev) AS inserted, \
-               ARRAY(SELECT endpoint_id FROM targets ORDER BY n) AS endpoints, earlier.id, earlier.request_hash, earlier.delivery_count \
+               ARRAY(SELECT endpoint_id FROM targets ORDER BY n) AS endpoints, \
+               earlier.id, earlier.request_hash, earlier.delivery_count \
              FROM facts LEFT JOIN earlier ON true",
         )
         .bind(&event.id)
