@@ -46,7 +46,11 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// The most deliveries a lane claims at once. A lane starts with one and doubles its
 /// claim after each batch in which every attempt succeeded, so a healthy endpoint costs
 /// one transaction per batch while a failing one claims no more than it attempts.
-const MAX_CLAIM: usize = 64;
+const MAX_CLAIM: usize = 256;
+
+/// The most event bytes a lane means to hold in one claimed batch: an endpoint whose
+/// events are large claims fewer of them at once.
+const CLAIM_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a lane keeps its endpoint while work is waiting. Then, if other processes
 /// share the store, it hands the endpoint over, so that the work of a busy endpoint
@@ -306,14 +310,9 @@ impl Engine {
     ) -> Result<LaneEnd, StoreError> {
         let mut turn = tokio::time::Instant::now();
         let mut size = 1;
+        let mut request = self.claim_request(endpoint_id);
+        let mut batch = self.store.claim_many(request.clone(), size).await?;
         loop {
-            self.changed
-                .lock()
-                .expect("changed lock")
-                .remove(endpoint_id);
-            let request = self.claim_request(endpoint_id);
-            let lease_until = request.lease_until;
-            let batch = self.store.claim_many(request, size).await?;
             if batch.is_empty() {
                 return Ok(LaneEnd::Drained);
             }
@@ -323,27 +322,42 @@ impl Engine {
                 count = batch.len(),
                 "claimed"
             );
-            let run = self.attempt_batch(batch, lease_until, cancel).await?;
-            if !run.left_over.is_empty() {
-                // Given back so they are due again at once and nothing overtakes them.
-                self.store.release_claims(&run.left_over).await?;
-            }
-            if !run.go_on || cancel.is_cancelled() {
-                return Ok(LaneEnd::Drained);
-            }
-            if turn.elapsed() >= LANE_TURN {
+            let bytes: usize = batch.iter().map(|c| c.delivery.body.len()).sum();
+            let claimed = batch.len();
+            let (run, recorder) = self
+                .attempt_batch(batch, request.lease_until, cancel)
+                .await?;
+            size = next_claim_size(size, claimed, bytes, run.all_succeeded);
+            let mut go_on = run.go_on && !cancel.is_cancelled();
+            let mut turn_over = false;
+            if go_on && turn.elapsed() >= LANE_TURN {
                 // Alone, handing over would only make the next events wait for the
                 // pause; when the store cannot say, the lane hands over.
-                if self.store.other_processes().await.unwrap_or(true) {
-                    return Ok(LaneEnd::TurnOver);
-                }
+                turn_over = self.store.other_processes().await.unwrap_or(true);
+                go_on = !turn_over;
                 turn = tokio::time::Instant::now();
             }
-            size = if run.all_succeeded {
-                (size * 2).min(MAX_CLAIM)
-            } else {
-                1
-            };
+            if !run.left_over.is_empty() || !go_on {
+                recorder.finish(None).await?;
+                if !run.left_over.is_empty() {
+                    // Given back so they are due again at once and nothing overtakes them.
+                    self.store.release_claims(&run.left_over).await?;
+                }
+                if !go_on {
+                    return Ok(if turn_over {
+                        LaneEnd::TurnOver
+                    } else {
+                        LaneEnd::Drained
+                    });
+                }
+                request = self.claim_request(endpoint_id);
+                batch = self.store.claim_many(request.clone(), size).await?;
+                continue;
+            }
+            // The whole batch was attempted: its last records and the next claim go to
+            // the store as one job.
+            request = self.claim_request(endpoint_id);
+            batch = recorder.finish(Some((request.clone(), size))).await?;
         }
     }
 
@@ -360,18 +374,19 @@ impl Engine {
     /// them in groups while the next attempts are on the wire: while one group is being
     /// committed, the outcomes that follow wait in memory, and go to the store together
     /// as soon as it is done. So an endpoint is never held up by the writer, and the
-    /// writer commits many outcomes per job when it is the slower of the two. Every
-    /// record is committed before the lane claims again, so a crash can send again at
-    /// most one claimed batch of an endpoint's deliveries. Stops early when the
-    /// endpoint turns out to be down or was changed, when shutting down, or when an
-    /// attempt could no longer end before the claim's lease does; what it did not
-    /// attempt is handed back in `left_over`.
+    /// writer commits many outcomes per job when it is the slower of the two. The
+    /// returned recorder holds the last group; the lane finishes it, together with its
+    /// next claim when there is one, so every record is committed before the lane's
+    /// next batch starts and a crash can send again at most one claimed batch of an
+    /// endpoint's deliveries. Stops early when the endpoint turns out to be down or was
+    /// changed, when shutting down, or when an attempt could no longer end before the
+    /// claim's lease does; what it did not attempt is handed back in `left_over`.
     async fn attempt_batch(
         &self,
         batch: Vec<Claimed>,
         lease_until: Timestamp,
         cancel: &CancellationToken,
-    ) -> Result<BatchRun, StoreError> {
+    ) -> Result<(BatchRun, Recorder), StoreError> {
         let last_start = lease_until - chrono_duration(self.settings.attempt_timeout);
         let mut run = BatchRun {
             go_on: true,
@@ -407,11 +422,16 @@ impl Engine {
             }
         }
         run.left_over.extend(batch.map(|claimed| claimed.seq));
-        recorder.finish().await?;
-        Ok(run)
+        Ok((run, recorder))
     }
 
+    /// The lane's next claim. The claim reads the endpoint as it is now, so a change
+    /// made before this point needs no further notice.
     fn claim_request(&self, endpoint_id: &str) -> ClaimRequest {
+        self.changed
+            .lock()
+            .expect("changed lock")
+            .remove(endpoint_id);
         let now = self.clock.now();
         ClaimRequest {
             endpoint_id: endpoint_id.to_string(),
@@ -663,32 +683,39 @@ impl Recorder {
             return Ok(());
         }
         self.settle().await?;
-        self.send();
+        self.send(None);
         Ok(())
     }
 
-    /// Returns once every outcome pushed is committed.
-    async fn finish(mut self) -> Result<(), StoreError> {
+    /// Returns once every outcome pushed is committed, with the claim `then_claim`
+    /// made in the same job as the last of them.
+    async fn finish(
+        mut self,
+        then_claim: Option<(ClaimRequest, usize)>,
+    ) -> Result<Vec<Claimed>, StoreError> {
         self.settle().await?;
-        if !self.waiting.is_empty() {
-            self.send();
-            self.settle().await?;
+        if self.waiting.is_empty() {
+            return match then_claim {
+                Some((request, limit)) => self.store.claim_many(request, limit).await,
+                None => Ok(Vec::new()),
+            };
         }
-        Ok(())
+        self.send(then_claim);
+        Ok(self.settle().await?.next)
     }
 
-    fn send(&mut self) {
+    fn send(&mut self, then_claim: Option<(ClaimRequest, usize)>) {
         let outcomes = std::mem::take(&mut self.waiting);
         let store = self.store.clone();
         self.committing = Some(tokio::spawn(async move {
-            store.record_many(outcomes, None).await
+            store.record_many(outcomes, then_claim).await
         }));
     }
 
-    /// Waits for the group being committed, if any.
-    async fn settle(&mut self) -> Result<(), StoreError> {
+    /// Waits for the group being committed, if any, and returns what it claimed.
+    async fn settle(&mut self) -> Result<RecordedMany, StoreError> {
         let Some(committing) = self.committing.take() else {
-            return Ok(());
+            return Ok(RecordedMany::default());
         };
         let recorded = committing
             .await
@@ -696,7 +723,7 @@ impl Recorder {
         if recorded.stored.contains(&false) {
             debug!("attempt not recorded: the endpoint was deleted meanwhile");
         }
-        Ok(())
+        Ok(recorded)
     }
 }
 
@@ -709,10 +736,45 @@ struct BatchRun {
     all_succeeded: bool,
 }
 
+/// How many deliveries a lane claims after a batch of `claimed` deliveries whose
+/// events held `bytes` in all: one after a failure; otherwise twice as many, up to
+/// [`MAX_CLAIM`], and no more than fit in [`CLAIM_BYTES`] at the batch's average size.
+fn next_claim_size(size: usize, claimed: usize, bytes: usize, all_succeeded: bool) -> usize {
+    if !all_succeeded {
+        return 1;
+    }
+    let average = (bytes / claimed.max(1)).max(1);
+    (size * 2).min(MAX_CLAIM).min(CLAIM_BYTES / average).max(1)
+}
+
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 pub fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_doubles_while_every_attempt_succeeds_up_to_the_most() {
+        assert_eq!(next_claim_size(1, 1, 200, true), 2);
+        assert_eq!(next_claim_size(128, 128, 128 * 200, true), MAX_CLAIM);
+        assert_eq!(next_claim_size(MAX_CLAIM, MAX_CLAIM, 200, true), MAX_CLAIM);
+        assert_eq!(next_claim_size(64, 64, 64 * 200, false), 1);
+    }
+
+    #[test]
+    fn a_claim_of_large_events_holds_no_more_bytes_than_its_bound() {
+        let mib = 1024 * 1024;
+        assert_eq!(next_claim_size(2, 2, 2 * mib, true), CLAIM_BYTES / mib);
+        assert_eq!(next_claim_size(64, 64, 64 * 100 * 1024, true), 40);
+        // An event larger than the bound still goes, one at a time.
+        assert_eq!(next_claim_size(4, 1, 2 * CLAIM_BYTES, true), 1);
+        // A batch that claimed nothing has no average to go by.
+        assert_eq!(next_claim_size(4, 0, 0, true), 8);
+    }
 }
