@@ -645,3 +645,26 @@ async fn a_reply_with_nul_bytes_and_invalid_utf8_is_recorded_and_shown_escaped()
         .unwrap();
     assert!(raw.contains(r#""response_body":"ok\u0000then"#), "{raw}");
 }
+
+#[tokio::test]
+async fn a_410_in_the_middle_of_a_batch_stops_the_lane_there() {
+    let server = TestServer::with_manual_clock().await;
+    let receiver = Receiver::start().await;
+    // The first reply is slow, so every event is waiting by the time it comes; then the
+    // lane claims 2, then 4, and the sixth attempt is the third of a batch of four.
+    receiver.script(
+        [Reply::Delayed(Duration::from_millis(300), 200)]
+            .into_iter()
+            .chain(std::iter::repeat_with(|| Reply::Status(200)).take(4))
+            .chain([Reply::Status(410)]),
+    );
+    let endpoint = server.endpoint(&receiver.url, &["service.created"]).await;
+    for n in 0..30 {
+        server.emit("service.created", json!(n), json!({})).await;
+    }
+    receiver.wait_posts(6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.posts().len(), 6, "nothing follows the 410");
+    let endpoint = server.get(&format!("/api/v1/endpoints/{endpoint}")).await;
+    assert_eq!(endpoint["enabled"], false);
+}

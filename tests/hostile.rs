@@ -454,3 +454,22 @@ async fn disabling_an_endpoint_stops_its_lane_in_the_middle_of_a_batch() {
     );
     assert!(receiver.posts().len() < 200);
 }
+
+#[tokio::test]
+async fn a_batch_cut_short_by_its_lease_gives_the_rest_back_in_order() {
+    // A lane starts no attempt it could not finish before its claim runs out; the clock
+    // jumping past that point in the middle of a batch ends the lane there. The rest of
+    // the batch is handed back and goes out next, before anything after it.
+    let server = TestServer::with_manual_clock().await;
+    let receiver = Receiver::answering(Reply::Delayed(Duration::from_millis(20), 200)).await;
+    server.endpoint(&receiver.url, &["ticket.updated"]).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(server.emit("ticket.updated", json!(n), json!({})).await);
+    }
+    receiver.wait_posts(10).await;
+    server.advance(Duration::from_secs(31));
+    let posts = receiver.wait_posts(60).await;
+    let got: Vec<&str> = posts.iter().map(|p| p.header("webhook-id")).collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
