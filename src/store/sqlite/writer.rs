@@ -3,17 +3,23 @@
 //!
 //! One thread owns a connection of its own for these writes. It takes every job
 //! waiting in its queue, runs them in one transaction, commits once, and only then
-//! answers each caller. A full sync per commit is what makes an acknowledgement
-//! durable; sharing it between many jobs is what makes that affordable. The thread
-//! runs the statements itself (see `hot`), so a batch of hundreds of jobs costs one
-//! wake-up of the thread rather than two thread hand-offs per statement.
+//! answers each caller. The thread runs the statements itself (see `hot`), so a batch
+//! of hundreds of jobs costs one wake-up of the thread rather than two thread hand-offs
+//! per statement.
+//!
+//! A commit does not wait for the disk. A batch that acknowledges events hands its
+//! answers to a second thread, which syncs the write-ahead log and only then gives
+//! them: a sync is what makes an acknowledgement durable, and sharing one between
+//! every batch committed meanwhile is what makes it affordable. The writer goes on
+//! with the next batch while the disk works, so a claim never waits for a sync.
 //!
 //! The store's other writes use the pool's connection. SQLite lets one connection
 //! write at a time, so the two take turns through the store's write turn, a fair
 //! lock, instead of waiting on the database's busy timeout.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -164,11 +170,21 @@ impl WriterQueue {
     pub(super) fn start(path: &Path, turn: WriteTurn) -> StoreResult<WriterQueue> {
         let conn = open(path)?;
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let path = path.to_path_buf();
+        let (synced, unsynced) = std_mpsc::channel();
+        let mut log = path.as_os_str().to_owned();
+        log.push("-wal");
+        let log = PathBuf::from(log);
+        let cannot = |err: std::io::Error| {
+            StoreError::Unavailable(format!("cannot start the writer: {err}"))
+        };
+        std::thread::Builder::new()
+            .name("herald-sqlite-sync".to_string())
+            .spawn(move || sync_then_answer(&log, unsynced))
+            .map_err(cannot)?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".to_string())
-            .spawn(move || run(conn, path, turn, queue))
-            .map_err(|err| StoreError::Unavailable(format!("cannot start the writer: {err}")))?;
+            .spawn(move || run(conn, turn, queue, synced))
+            .map_err(cannot)?;
         Ok(WriterQueue { jobs })
     }
 
@@ -234,20 +250,20 @@ fn open(path: &Path) -> StoreResult<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     // The file is already in WAL mode (the pool set it); these are per connection.
-    // A statement that may fail halfway keeps its undo record in a temporary file
-    // unless temporary storage is in memory; on disk it was a sixth of the writer's
-    // time under load.
+    // Commits do not sync: the sync thread does, before any acknowledgement. A
+    // statement that may fail halfway keeps its undo record in a temporary file unless
+    // temporary storage is in memory; on disk it was a sixth of the writer's time.
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
 }
 
 fn run(
-    mut conn: Connection,
-    path: PathBuf,
+    conn: Connection,
     turn: WriteTurn,
     mut queue: mpsc::Receiver<(Job, Reply)>,
+    synced: std_mpsc::Sender<Answers>,
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
@@ -258,55 +274,32 @@ fn run(
             }
         }
         let _turn = turn.blocking_lock();
-        let mut unsure = false;
-        if let Err(batch) = commit_together(&conn, batch, &mut unsure) {
+        if let Err(batch) = run_in_transaction(&conn, batch, &synced) {
             // One job broke the batch; each job gets a transaction of its own.
             for job in batch {
-                if let Err(rest) = commit_together(&conn, vec![job], &mut unsure) {
+                if let Err(rest) = run_in_transaction(&conn, vec![job], &synced) {
                     fail_all(rest.into_iter().map(|(_, reply)| reply), "database error");
                 }
             }
         }
-        if unsure {
-            // A connection whose sync setting could not be restored is not reused: a new
-            // one starts with full syncs.
-            warn!("cannot restore full syncs on the writing connection; replacing it");
-            match open(&path) {
-                Ok(fresh) => conn = fresh,
-                Err(err) => warn!(cause = %err, "cannot reopen the writing connection"),
-            }
-        }
     }
 }
+
+/// A committed batch's answers, to give once the write-ahead log is on disk.
+type Answers = Vec<(Reply, Output)>;
 
 /// Runs the jobs in one transaction and answers them after the commit. Jobs refuse what
 /// they refuse (an unknown event type, a reused idempotency key) before they write
 /// anything, so a refusal leaves the batch intact; a database error may leave a job
 /// half-done, so it rolls the batch back and hands the jobs back unanswered.
-fn commit_together(
-    conn: &Connection,
-    batch: Vec<(Job, Reply)>,
-    unsure: &mut bool,
-) -> Result<(), Vec<(Job, Reply)>> {
-    // Only an acknowledgement needs a full sync before it is given: a claim or an
-    // attempt record lost to a power cut means that delivery is sent once more, which
-    // at-least-once delivery allows. Such commits reach the disk with the next synced
-    // commit or checkpoint; a crash of the process alone loses nothing either way.
-    let acknowledges = batch.iter().any(|(job, _)| job.acknowledges());
-    if !acknowledges {
-        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
-    }
-    let result = run_in_transaction(conn, batch);
-    if !acknowledges {
-        // Every other write on this connection acknowledges something.
-        *unsure |= conn.execute_batch("PRAGMA synchronous = FULL").is_err();
-    }
-    result
-}
-
+///
+/// Only an acknowledgement waits for the sync: a claim or an attempt record lost to a
+/// power cut means that delivery is sent once more, which at-least-once delivery
+/// allows. A crash of the process alone loses no commit either way.
 fn run_in_transaction(
     conn: &Connection,
     batch: Vec<(Job, Reply)>,
+    synced: &std_mpsc::Sender<Answers>,
 ) -> Result<(), Vec<(Job, Reply)>> {
     if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
         fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
@@ -327,18 +320,42 @@ fn run_in_transaction(
         }
         outputs.push(output);
     }
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => {
-            for ((_, reply), output) in batch.into_iter().zip(outputs) {
-                reply.send(output);
-            }
+    if let Err(err) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
+        return Ok(());
+    }
+    let acknowledges = batch.iter().any(|(job, _)| job.acknowledges());
+    let answers = batch.into_iter().map(|(_, reply)| reply).zip(outputs);
+    if acknowledges {
+        if let Err(std_mpsc::SendError(answers)) = synced.send(answers.collect()) {
+            fail_all(answers.into_iter().map(|(reply, _)| reply), "sync stopped");
         }
-        Err(err) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            fail_all(batch.into_iter().map(|(_, reply)| reply), &err.to_string());
+    } else {
+        for (reply, output) in answers {
+            reply.send(output);
         }
     }
     Ok(())
+}
+
+/// The sync thread: syncs the write-ahead log once for every batch committed since the
+/// last sync, then gives their answers. An answer whose sync failed is an error: its
+/// event is committed but perhaps not on disk, so it is not acknowledged.
+fn sync_then_answer(log: &Path, unsynced: std_mpsc::Receiver<Answers>) {
+    while let Ok(first) = unsynced.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(unsynced.try_iter());
+        let outcome = File::open(log).and_then(|file| file.sync_data());
+        for answers in waiting {
+            for (reply, output) in answers {
+                match &outcome {
+                    Ok(()) => reply.send(output),
+                    Err(err) => reply.fail(&format!("cannot sync the database: {err}")),
+                }
+            }
+        }
+    }
 }
 
 fn fail_all(replies: impl Iterator<Item = Reply>, why: &str) {
