@@ -880,6 +880,9 @@ async fn a_cursor_no_list_gave_out_is_refused_by_name() {
         "/api/v1/deliveries?cursor=0",
         "/api/v1/deliveries?cursor=-1",
         "/api/v1/deliveries?cursor=abc",
+        "/api/v1/alerts?cursor=abc",
+        "/api/v1/alerts?cursor=ep_01",
+        "/api/v1/event-types?cursor=Account",
     ] {
         let (status, answer) = server.api(Method::GET, path, None).await;
         assert_eq!(
@@ -966,5 +969,79 @@ async fn an_id_that_is_not_utf8_gets_a_json_error() {
         assert_eq!(body["code"], "invalid_id", "{path}: {body}");
         let detail = body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("%"), "the detail names the id: {detail}");
+    }
+}
+
+#[tokio::test]
+async fn the_catalog_and_the_alerts_page_like_every_list() {
+    let server = TestServer::start_with(common::Options {
+        manual_clock: true,
+        configure: Box::new(|s| s.delivery.retry_window = std::time::Duration::ZERO),
+        ..common::Options::default()
+    })
+    .await;
+
+    // The catalog, five names a page, sorted by name, each name once.
+    let whole = server.get("/api/v1/event-types?limit=250").await;
+    let all: Vec<String> = names(&whole, "name");
+    assert!(all.len() > 30 && whole["next_cursor"].is_null());
+    let walked = walk(&server, "/api/v1/event-types", "name", 5).await;
+    assert_eq!(walked, all);
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(walked, sorted);
+
+    // Three endpoints whose only delivery fails for good: three alerts, newest first.
+    let receiver = Receiver::answering(Reply::Status(500)).await;
+    for n in 0..3 {
+        let event = format!("job.step{n}");
+        server
+            .api(
+                Method::POST,
+                "/api/v1/event-types",
+                Some(json!({"name": event})),
+            )
+            .await;
+        server.endpoint(&receiver.url, &[event.as_str()]).await;
+        server.emit(&event, json!(n), json!({})).await;
+        receiver.wait_posts(n + 1).await;
+    }
+    common::eventually("one failing alert per endpoint", || async {
+        names(&server.get("/api/v1/alerts").await, "id").len() == 3
+    })
+    .await;
+    let alerts = names(&server.get("/api/v1/alerts").await, "id");
+    let mut newest_first = alerts.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(alerts, newest_first);
+    assert_eq!(walk(&server, "/api/v1/alerts", "id", 2).await, alerts);
+}
+
+fn names(page: &Value, field: &str) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every item of a list, `limit` at a time, following its cursors.
+async fn walk(server: &TestServer, path: &str, field: &str, limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}?limit={limit}&cursor={c}"),
+            None => format!("{path}?limit={limit}"),
+        };
+        let page = server.get(&url).await;
+        let items = names(&page, field);
+        assert!(items.len() <= limit, "{url}: {page}");
+        seen.extend(items);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return seen,
+        }
     }
 }

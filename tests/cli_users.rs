@@ -380,4 +380,18 @@ async fn client_commands_exit_with_the_documented_codes() {
     let run = cli(&server, &token, &["alerts", "--json"], "").await;
     let answer: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(answer["data"], serde_json::json!([]));
+
+    // The catalog, every page of it, one line per type or all of it as JSON.
+    let run = cli(&server, &token, &["event-types", "add", "zz.last"], "").await;
+    assert!(run.ok, "{}", run.stderr);
+    let run = cli(&server, &token, &["event-types", "list"], "").await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.lines().count() > 30, "{}", run.stdout);
+    assert!(run.stdout.lines().last().unwrap().starts_with("zz.last"));
+    let run = cli(&server, &token, &["event-types", "list", "--json"], "").await;
+    let answer: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        answer["data"].as_array().unwrap().last().unwrap()["name"],
+        "zz.last"
+    );
 }

@@ -121,7 +121,7 @@ impl Opened {
                 ));
             }
         }
-        let mut alerts = self.store.list_alerts(100).await.unwrap();
+        let mut alerts = self.store.list_alerts(None, 100).await.unwrap().items;
         alerts.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         for alert in alerts.iter().filter(|a| a.endpoint_id == endpoint_id) {
             let (kind, at, detail) = (&alert.kind, alert.created_at, &alert.detail);
@@ -378,7 +378,13 @@ async fn recording_for_a_deleted_endpoint_stores_nothing_and_fails_nothing() {
     let recorded = recorded.expect("record");
     assert_eq!(recorded.stored, [false, false, false]);
     assert!(recorded.next.is_empty());
-    assert!(opened.store.list_alerts(10).await.unwrap().is_empty());
+    assert!(opened
+        .store
+        .list_alerts(None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 }
 
 /// A write that PostgreSQL refuses (a NUL character in a text column) breaks the

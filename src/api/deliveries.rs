@@ -277,9 +277,14 @@ pub async fn recover_endpoint(
 
 pub async fn list_alerts(
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let alerts = state.store.list_alerts(100).await?;
+    let alerts = state
+        .store
+        .list_alerts(query.id_cursor("alr")?, query.limit()?)
+        .await?;
     let data: Vec<serde_json::Value> = alerts
+        .items
         .into_iter()
         .map(|a| {
             serde_json::json!({
@@ -296,6 +301,6 @@ pub async fn list_alerts(
         })
         .collect();
     Ok(Json(
-        serde_json::json!({ "data": data, "next_cursor": null }),
+        serde_json::json!({ "data": data, "next_cursor": alerts.next_cursor }),
     ))
 }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::catalog;
 use crate::model::EventType;
 use crate::store::StoreError;
@@ -18,13 +18,29 @@ pub struct EventTypeIn {
     description: String,
 }
 
+/// The catalog sorted by name; its cursor is the last name of the page before. The
+/// catalog is small, so a page is cut from the whole of it.
 pub async fn list_event_types(
     State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let types = state.store.list_event_types().await?;
-    Ok(Json(
-        serde_json::json!({ "data": types, "next_cursor": null }),
-    ))
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<ListOut<EventType>>, ApiError> {
+    let limit = query.limit()? as usize;
+    let after = match query.cursor.as_deref() {
+        Some(cursor) if catalog::split_name(cursor).is_ok() => Some(cursor),
+        Some(cursor) => return Err(super::bad_cursor(cursor)),
+        None => None,
+    };
+    let mut types = state.store.list_event_types().await?;
+    types.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut data: Vec<EventType> = types
+        .into_iter()
+        .filter(|t| after.is_none_or(|after| t.name.as_str() > after))
+        .take(limit + 1)
+        .collect();
+    let more = data.len() > limit;
+    data.truncate(limit);
+    let next_cursor = more.then(|| data.last().map(|t| t.name.clone())).flatten();
+    Ok(Json(ListOut { data, next_cursor }))
 }
 
 pub async fn create_event_type(

@@ -240,7 +240,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Alerts { client } => {
             let c = Client::new(&client)?;
-            let answer = c.call(Method::GET, "/alerts", None).await?;
+            let answer = c.call(Method::GET, "/alerts?limit=100", None).await?;
             if c.json {
                 print_json(&answer);
             } else {
@@ -576,6 +576,24 @@ async fn deliveries(args: DeliveriesArgs, c: &Client) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every item of a list, page after page.
+async fn all_pages(c: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page_path = match &cursor {
+            Some(cursor) => format!("{path}?limit=250&cursor={}", urlencode(cursor)),
+            None => format!("{path}?limit=250"),
+        };
+        let page = c.call(Method::GET, &page_path, None).await?;
+        items.extend(page["data"].as_array().into_iter().flatten().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(items),
+        }
+    }
+}
+
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -632,11 +650,11 @@ fn print_delivery(c: &Client, d: &Value) {
 async fn event_types(command: EventTypeCommand, c: &Client) -> anyhow::Result<ExitCode> {
     match command {
         EventTypeCommand::List => {
-            let list = c.call(Method::GET, "/event-types", None).await?;
+            let types = all_pages(c, "/event-types").await?;
             if c.json {
-                print_json(&list);
+                print_json(&json!({"data": types, "next_cursor": null}));
             } else {
-                for t in list["data"].as_array().into_iter().flatten() {
+                for t in &types {
                     println!("{:<28} {}", text(&t["name"]), text(&t["description"]));
                 }
             }

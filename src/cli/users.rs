@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::client::Client;
-use super::{print_json, text, urlencode};
+use super::{print_json, text};
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
@@ -137,20 +137,7 @@ async fn list_users(c: &Client) -> anyhow::Result<()> {
 }
 
 async fn all_users(c: &Client) -> anyhow::Result<Vec<Value>> {
-    let mut users = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(cursor) => format!("/users?limit=250&cursor={}", urlencode(cursor)),
-            None => "/users?limit=250".to_string(),
-        };
-        let page = c.call(Method::GET, &path, None).await?;
-        users.extend(page["data"].as_array().into_iter().flatten().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_string()),
-            None => return Ok(users),
-        }
-    }
+    super::all_pages(c, "/users").await
 }
 
 /// A user's id from what was typed: an e-mail is looked up, anything else is an id.

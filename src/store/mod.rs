@@ -408,7 +408,8 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a session (signing out); ending one that does not exist is not an error.
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 
-    async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>>;
+    /// Alerts newest first, after the alert `cursor` when given.
+    async fn list_alerts(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<Alert>>;
     /// Alerts not yet passed on to people and not postponed past `now`, oldest first.
     /// An alert waits while an older one of its endpoint is unsent.
     async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>>;

@@ -994,10 +994,18 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
-        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT $1");
-        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(alert_from_row).collect())
+    async fn list_alerts(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<Alert>> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1::text IS NULL OR id < $1) \
+             ORDER BY id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cursor)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(alert_from_row).collect();
+        Ok(page(items, limit, |a: &Alert| a.id.clone()))
     }
 
     /// Takes the alerts it returns: moving their `next_send_at` ahead by a lease keeps

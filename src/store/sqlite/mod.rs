@@ -866,13 +866,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_alerts(&self, limit: i64) -> StoreResult<Vec<Alert>> {
-        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT ?");
+    async fn list_alerts(&self, cursor: Option<&str>, limit: i64) -> StoreResult<Page<Alert>> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR id < ?1) \
+             ORDER BY id DESC LIMIT ?2"
+        );
         let rows = sqlx::query(&sql)
-            .bind(limit)
+            .bind(cursor)
+            .bind(limit + 1)
             .fetch_all(&self.reader)
             .await?;
-        Ok(rows.iter().map(alert_from_row).collect())
+        let items = rows.iter().map(alert_from_row).collect();
+        Ok(page(items, limit, |a: &Alert| a.id.clone()))
     }
 
     async fn unsent_alerts(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<Alert>> {
