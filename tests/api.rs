@@ -698,7 +698,13 @@ async fn delivery_history_has_the_documented_shape_filters_and_pages() {
         "application/json"
     );
 
-    for bad in ["?status=lost", "?limit=0", "?limit=many"] {
+    for bad in [
+        "?status=lost",
+        "?limit=0",
+        "?limit=many",
+        "?LIMIT=1",
+        "?sort=asc",
+    ] {
         let (status, answer) = server
             .api(
                 Method::GET,
@@ -710,6 +716,38 @@ async fn delivery_history_has_the_documented_shape_filters_and_pages() {
             (status, answer["code"].clone()),
             (400, json!("invalid_query")),
             "{bad}"
+        );
+        let named = bad.trim_start_matches('?').split('=').next().unwrap();
+        assert!(
+            answer["detail"].as_str().unwrap().contains(named),
+            "{answer}"
+        );
+    }
+    // Every list refuses a parameter it does not know, by name.
+    for path in [
+        "/api/v1/endpoints?LIMIT=1",
+        "/api/v1/alerts?limit=5&page=2",
+        "/api/v1/event-types?offset=10",
+        "/api/v1/deliveries?foo=1",
+        "/api/v1/users?cursor[]=x",
+        "/api/v1/tokens?q=1",
+    ] {
+        let (status, answer) = server.api(Method::GET, path, None).await;
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!("invalid_query")),
+            "{path}: {answer}"
+        );
+        let name = path
+            .rsplit(['?', '&'])
+            .next()
+            .unwrap()
+            .split('=')
+            .next()
+            .unwrap();
+        assert!(
+            answer["detail"].as_str().unwrap().contains(name),
+            "{path}: {answer}"
         );
     }
 }

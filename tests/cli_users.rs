@@ -394,4 +394,26 @@ async fn client_commands_exit_with_the_documented_codes() {
         answer["data"].as_array().unwrap().last().unwrap()["name"],
         "zz.last"
     );
+    // A reader that stops reading (`| head`) ends the listing quietly, with success.
+    let (base, token) = (server.base.clone(), token.to_string());
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(["event-types", "list"])
+            .env("HERALD_URL", base)
+            .env("HERALD_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("herald runs");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }

@@ -14,9 +14,10 @@ use crate::store::{DeliveryFilter, Page, StoreError};
 /// The Event History's query: the API's `?status=&event=&limit=&cursor=`, and the
 /// console's filter form.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryQuery {
-    #[serde(flatten)]
-    pub page: PageQuery,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
     pub status: Option<String>,
     pub event: Option<String>,
     pub endpoint: Option<String>,
@@ -122,7 +123,6 @@ pub fn filter_from(
         })
         .transpose()?;
     if let Some(cursor) = query
-        .page
         .cursor
         .as_deref()
         .filter(|c| c.parse::<i64>().map_or(true, |n| n < 1))
@@ -133,8 +133,8 @@ pub fn filter_from(
         endpoint_id,
         status,
         event_type: query.event.clone(),
-        cursor: query.page.cursor.clone(),
-        limit: query.page.limit()?,
+        cursor: query.cursor.clone(),
+        limit: PageQuery::limit_of(query.limit.as_deref())?,
     })
 }
 

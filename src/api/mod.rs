@@ -319,8 +319,10 @@ pub fn bad_cursor(cursor: &str) -> ApiError {
     )
 }
 
-/// `?limit=&cursor=` of every list.
+/// `?limit=&cursor=` of every list. Any other parameter is refused by name, so that a
+/// mistyped one is not silently ignored.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PageQuery {
     pub limit: Option<String>,
     pub cursor: Option<String>,
@@ -334,22 +336,19 @@ impl PageQuery {
         let Some(cursor) = self.cursor.as_deref() else {
             return Ok(None);
         };
-        let id_like = cursor
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('_'))
-            .is_some_and(|rest| {
-                !rest.is_empty()
-                    && rest.len() <= 64
-                    && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            });
-        if !id_like {
+        if !crate::ids::is_id(cursor, prefix) {
             return Err(bad_cursor(cursor));
         }
         Ok(Some(cursor))
     }
 
     pub fn limit(&self) -> Result<i64, ApiError> {
-        let Some(text) = &self.limit else {
+        PageQuery::limit_of(self.limit.as_deref())
+    }
+
+    /// `?limit=` as given: 50 when absent, else a whole number from 1 to 250.
+    pub fn limit_of(text: Option<&str>) -> Result<i64, ApiError> {
+        let Some(text) = text else {
             return Ok(50);
         };
         match text.parse::<i64>() {

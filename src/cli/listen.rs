@@ -34,9 +34,9 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    println!("listening on http://{addr}/ (any path); answering POST with {status}");
+    out!("listening on http://{addr}/ (any path); answering POST with {status}");
     if args.secret.is_none() {
-        println!("signatures are not checked: pass --secret whsec_… to check them");
+        out!("signatures are not checked: pass --secret whsec_… to check them");
     }
     let secret = args.secret.clone();
     let app = Router::new().fallback(
@@ -62,7 +62,7 @@ fn receive(
     status: StatusCode,
 ) -> axum::response::Response {
     if method == Method::HEAD {
-        println!("HEAD {uri}: answered 200");
+        out!("HEAD {uri}: answered 200");
         return StatusCode::OK.into_response();
     }
     if method != Method::POST {
@@ -72,7 +72,7 @@ fn receive(
         )
             .into_response();
     }
-    println!("{}", describe(&uri, &headers, &body, secret));
+    out!("{}", describe(&uri, &headers, &body, secret));
     (
         status,
         [("content-type", "application/json")],

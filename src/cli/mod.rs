@@ -2,6 +2,17 @@
 //! `serve` and `migrate` run the server's own code, `listen` runs a local receiver, and
 //! the rest are thin clients of the HTTP API.
 
+/// Prints a line of a command's output. A reader that went away (`herald … | head`)
+/// ends the command quietly with success, as it ends other tools.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::output_failed(err);
+        }
+    }};
+}
+
 mod client;
 mod listen;
 mod users;
@@ -255,7 +266,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_alerts(answer: &Value) {
     let alerts = answer["data"].as_array().cloned().unwrap_or_default();
     if alerts.is_empty() {
-        println!("no alerts");
+        out!("no alerts");
     }
     for a in alerts {
         let d = &a["detail"];
@@ -268,7 +279,7 @@ fn print_alerts(answer: &Value) {
             Value::String(at) => format!("sent {at}"),
             _ => format!("not sent yet ({} tries)", text(&a["send_attempts"])),
         };
-        println!(
+        out!(
             "{}  {:<18} {} {}  since={} failed={} pending={} {last}  {mail}",
             text(&a["created_at"]),
             text(&a["kind"]),
@@ -320,12 +331,12 @@ async fn migrate(args: ServeArgs) -> anyhow::Result<ExitCode> {
         crate::server::create_data_dir(&settings.data_dir)?;
     }
     crate::server::open_store(&settings).await?;
-    println!("database is up to date");
+    out!("database is up to date");
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_json(value: &Value) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -366,19 +377,19 @@ fn print_endpoint(c: &Client, e: &Value) {
     if c.json {
         return print_json(e);
     }
-    println!("id:        {}", text(&e["id"]));
-    println!("name:      {}", text(&e["name"]));
-    println!("url:       {}", text(&e["url"]));
-    println!("enabled:   {}", text(&e["enabled"]));
+    out!("id:        {}", text(&e["id"]));
+    out!("name:      {}", text(&e["name"]));
+    out!("url:       {}", text(&e["url"]));
+    out!("enabled:   {}", text(&e["enabled"]));
     let events: Vec<String> = e["events"]
         .as_array()
         .into_iter()
         .flatten()
         .map(text)
         .collect();
-    println!("events:    {}", events.join(", "));
-    println!("ordering:  {}", text(&e["ordering"]));
-    println!("last sent: {}", text(&e["last_triggered_at"]));
+    out!("events:    {}", events.join(", "));
+    out!("ordering:  {}", text(&e["ordering"]));
+    out!("last sent: {}", text(&e["last_triggered_at"]));
 }
 
 async fn endpoint(command: EndpointCommand, c: &Client) -> anyhow::Result<ExitCode> {
@@ -400,7 +411,7 @@ async fn endpoint(command: EndpointCommand, c: &Client) -> anyhow::Result<ExitCo
             } else {
                 for e in list["data"].as_array().into_iter().flatten() {
                     let events = e["events"].as_array().map_or(0, Vec::len);
-                    println!(
+                    out!(
                         "{}  {:<24} enabled={:<5} events={:<3} {}",
                         text(&e["id"]),
                         text(&e["name"]),
@@ -427,7 +438,7 @@ async fn endpoint(command: EndpointCommand, c: &Client) -> anyhow::Result<ExitCo
         EndpointCommand::Delete { id } => {
             c.call(Method::DELETE, &format!("/endpoints/{id}"), None)
                 .await?;
-            println!("deleted endpoint {id}");
+            out!("deleted endpoint {id}");
         }
         EndpointCommand::Test { id } => return test_endpoint(c, &id).await,
         EndpointCommand::Secret { id, rotate } => {
@@ -442,7 +453,7 @@ async fn endpoint(command: EndpointCommand, c: &Client) -> anyhow::Result<ExitCo
                 c.call(Method::GET, &format!("/endpoints/{id}/secret"), None)
                     .await?
             };
-            println!("{}", text(&answer["key"]));
+            out!("{}", text(&answer["key"]));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -455,12 +466,12 @@ async fn test_endpoint(c: &Client, id: &str) -> anyhow::Result<ExitCode> {
     if c.json {
         print_json(&answer);
     } else {
-        println!("success: {}", text(&answer["success"]));
-        println!("status:  {}", text(&answer["status_code"]));
+        out!("success: {}", text(&answer["success"]));
+        out!("status:  {}", text(&answer["status_code"]));
         if answer["error"].is_string() {
-            println!("error:   {}", text(&answer["error"]));
+            out!("error:   {}", text(&answer["error"]));
         }
-        println!("reply:   {}", text(&answer["response_body"]));
+        out!("reply:   {}", text(&answer["response_body"]));
     }
     Ok(if answer["success"] == json!(true) {
         ExitCode::SUCCESS
@@ -513,7 +524,7 @@ async fn emit(e: EmitArgs, c: &Client) -> anyhow::Result<ExitCode> {
     } else {
         let count = answer["deliveries"].as_i64().unwrap_or(0);
         let noun = if count == 1 { "delivery" } else { "deliveries" };
-        println!("accepted event {} ({count} {noun})", text(&answer["id"]));
+        out!("accepted event {} ({count} {noun})", text(&answer["id"]));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -530,7 +541,7 @@ async fn deliveries(args: DeliveriesArgs, c: &Client) -> anyhow::Result<ExitCode
             let d = c
                 .call(Method::POST, &format!("/deliveries/{id}/resend"), None)
                 .await?;
-            println!("delivery {} is pending again", text(&d["id"]));
+            out!("delivery {} is pending again", text(&d["id"]));
         }
         None => {
             let mut query = vec![format!("limit={}", args.limit)];
@@ -561,7 +572,7 @@ async fn deliveries(args: DeliveriesArgs, c: &Client) -> anyhow::Result<ExitCode
                     } else {
                         ""
                     };
-                    println!(
+                    out!(
                         "{}  {:<9} {:<24} attempts={:<3} created={}{test}",
                         text(&d["id"]),
                         text(&d["status"]),
@@ -594,6 +605,15 @@ async fn all_pages(c: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
+/// Ends the process after its output could not be written.
+fn output_failed(err: std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("herald: cannot write the output: {err}");
+    std::process::exit(1);
+}
+
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -602,27 +622,27 @@ fn print_delivery(c: &Client, d: &Value) {
     if c.json {
         return print_json(d);
     }
-    println!(
+    out!(
         "delivery {}  {}  event {} ({})",
         text(&d["id"]),
         text(&d["status"]),
         text(&d["event_id"]),
         text(&d["event"])
     );
-    println!(
+    out!(
         "endpoint {}  created {}  next attempt {}",
         text(&d["endpoint_id"]),
         text(&d["created_at"]),
         text(&d["next_attempt_at"])
     );
-    println!("payload: {}", d["payload"]);
+    out!("payload: {}", d["payload"]);
     for (n, a) in d["attempts"].as_array().into_iter().flatten().enumerate() {
         let outcome = if a["error"].is_string() {
             text(&a["error"])
         } else {
             format!("status {}", text(&a["status_code"]))
         };
-        println!(
+        out!(
             "  #{} {} {}ms {}",
             n + 1,
             text(&a["attempted_at"]),
@@ -631,7 +651,7 @@ fn print_delivery(c: &Client, d: &Value) {
         );
         if let Some(headers) = a["response_headers"].as_object() {
             for (name, value) in headers {
-                println!("     {name}: {}", text(value));
+                out!("     {name}: {}", text(value));
             }
         }
         if let Some(body) = a["response_body"].as_str().filter(|b| !b.is_empty()) {
@@ -640,9 +660,9 @@ fn print_delivery(c: &Client, d: &Value) {
             } else {
                 ""
             };
-            println!("     body{more}: {body}");
+            out!("     body{more}: {body}");
         } else if a["response_body_dropped"] == json!(true) {
-            println!("     body: not kept (only the first and the latest replies keep theirs)");
+            out!("     body: not kept (only the first and the latest replies keep theirs)");
         }
     }
 }
@@ -655,7 +675,7 @@ async fn event_types(command: EventTypeCommand, c: &Client) -> anyhow::Result<Ex
                 print_json(&json!({"data": types, "next_cursor": null}));
             } else {
                 for t in &types {
-                    println!("{:<28} {}", text(&t["name"]), text(&t["description"]));
+                    out!("{:<28} {}", text(&t["name"]), text(&t["description"]));
                 }
             }
         }
@@ -667,7 +687,7 @@ async fn event_types(command: EventTypeCommand, c: &Client) -> anyhow::Result<Ex
                     Some(&json!({"name": name, "description": description})),
                 )
                 .await?;
-            println!("registered event type {}", text(&answer["name"]));
+            out!("registered event type {}", text(&answer["name"]));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -106,13 +106,13 @@ pub async fn user(command: UserCommand, c: &Client) -> anyhow::Result<ExitCode> 
             let user = c
                 .call(Method::PATCH, &format!("/users/{id}"), Some(&body))
                 .await?;
-            println!("password set for user {}", text(&user["id"]));
+            out!("password set for user {}", text(&user["id"]));
         }
         UserCommand::Remove { user } => {
             let id = resolve(c, &user).await?;
             c.call(Method::DELETE, &format!("/users/{id}"), None)
                 .await?;
-            println!("removed user {id}");
+            out!("removed user {id}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -125,7 +125,7 @@ async fn list_users(c: &Client) -> anyhow::Result<()> {
         return Ok(());
     }
     for u in &users {
-        println!(
+        out!(
             "{}  {:<11} {:<32} {}",
             text(&u["id"]),
             text(&u["role"]),
@@ -167,11 +167,11 @@ fn print_user(c: &Client, what: &str, u: &Value) {
     if c.json {
         return print_json(u);
     }
-    println!("{what} {}", text(&u["id"]));
-    println!("email:    {}", text(&u["email"]));
-    println!("name:     {}", text(&u["name"]));
-    println!("role:     {}", text(&u["role"]));
-    println!(
+    out!("{what} {}", text(&u["id"]));
+    out!("email:    {}", text(&u["email"]));
+    out!("name:     {}", text(&u["name"]));
+    out!("role:     {}", text(&u["role"]));
+    out!(
         "password: {}",
         if u["has_password"] == json!(true) {
             "set"
@@ -195,7 +195,7 @@ pub async fn token(command: TokenCommand, c: &Client) -> anyhow::Result<ExitCode
                 return Ok(ExitCode::SUCCESS);
             }
             for t in list["data"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "{}  {:<24} created={} last_used={} expires={}",
                     text(&t["id"]),
                     text(&t["name"]),
@@ -208,7 +208,7 @@ pub async fn token(command: TokenCommand, c: &Client) -> anyhow::Result<ExitCode
         TokenCommand::Revoke { id } => {
             c.call(Method::DELETE, &format!("/tokens/{id}"), None)
                 .await?;
-            println!("revoked token {id}");
+            out!("revoked token {id}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -228,7 +228,7 @@ fn print_new_token(c: &Client, token: &Value, what: &str) {
     if c.json {
         return print_json(token);
     }
-    println!("{}", text(&token["token"]));
+    out!("{}", text(&token["token"]));
     let expires = match token["expires_at"].as_str() {
         Some(at) => format!("; it expires at {at}"),
         None => String::new(),

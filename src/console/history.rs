@@ -15,7 +15,7 @@ use super::form::FormData;
 use super::views::{self, DialogView, EndpointView, Layout, TimeView, TriggerView};
 use crate::api::deliveries::{self as api, headers_object, DeliveryQuery};
 use crate::api::endpoints::{self as endpoints_api, TestOut};
-use crate::api::{ApiError, AppState, PageQuery};
+use crate::api::{ApiError, AppState};
 use crate::model::{AttemptRecord, ConsoleSession, Delivery};
 
 /// How many deliveries one page of the Event History shows.
@@ -60,10 +60,8 @@ impl HistoryQuery {
     fn filter(&self) -> DeliveryQuery {
         let blank_is_none = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
         DeliveryQuery {
-            page: PageQuery {
-                limit: Some(HISTORY_PAGE.to_string()),
-                cursor: blank_is_none(&self.cursor),
-            },
+            limit: Some(HISTORY_PAGE.to_string()),
+            cursor: blank_is_none(&self.cursor),
             status: blank_is_none(&self.status),
             event: blank_is_none(&self.event),
             endpoint: None,
