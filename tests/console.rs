@@ -665,3 +665,31 @@ async fn a_new_password_ends_the_users_console_sessions() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_id_in_a_console_address_gets_a_console_page() {
+    let server = TestServer::start().await;
+    let http = no_redirects();
+    let cookie = sign_in_http(&server, &http).await;
+    for path in [
+        "/settings/integrations/webhooks/%FF%FE",
+        "/settings/integrations/webhooks/%FF/delete",
+        "/endpoints/%FF%FE",
+    ] {
+        let response = http
+            .get(format!("{}{path}", server.base))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains("names no page of the console"), "{body}");
+        assert!(body.contains(path), "{body}");
+    }
+}

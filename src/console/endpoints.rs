@@ -5,7 +5,7 @@
 //! function; a refusal is shown beside the field it is about.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::form::FormData;
 use super::history::{self, Extras, SecretView, TestView};
-use super::views::{self, DialogView, EndpointView, Layout, TriggerView};
+use super::views::{self, DialogView, EndpointView, Layout, PagePath, TriggerView};
 use crate::api::endpoints::{self as api, EndpointIn, EndpointRefused, Field};
 use crate::api::{ApiError, AppState};
 use crate::model::ConsoleSession;
@@ -163,7 +163,7 @@ pub async fn update(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
     Extension(form): Extension<FormData>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let input = endpoint_in(&form);
     let refused = match api::update(&state, &id, &input).await {
@@ -193,7 +193,7 @@ pub async fn update(
 pub async fn set_enabled(
     State(state): State<AppState>,
     Extension(form): Extension<FormData>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let enabled = form.get("enabled") == Some("true");
     let input = EndpointIn {
@@ -222,7 +222,7 @@ pub struct DeletePage {
 pub async fn confirm_delete(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let endpoint = match api::get(&state, &id).await {
         Ok(endpoint) => endpoint,
@@ -240,7 +240,7 @@ pub async fn confirm_delete(
     views::render(StatusCode::OK, &page)
 }
 
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn delete(State(state): State<AppState>, PagePath(id): PagePath<String>) -> Response {
     match api::delete(&state, &id).await {
         Ok(()) => Redirect::to(&format!("{}?notice=deleted", super::HOME)).into_response(),
         Err(err) => views::error_page(err),
@@ -250,7 +250,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
 pub async fn send_test(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let result = match api::send_test(&state, &id).await {
         Ok(result) => result,
@@ -266,7 +266,7 @@ pub async fn send_test(
 pub async fn show_secret(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let key = match api::secret(&state, &id).await {
         Ok(key) => key,
@@ -285,7 +285,7 @@ pub async fn show_secret(
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let key = match api::rotate(&state, &id).await {
         Ok(key) => key,

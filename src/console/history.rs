@@ -5,14 +5,14 @@
 //! follow the API's rules, and resend and recover call the API's functions.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use serde::Deserialize;
 
 use super::form::FormData;
-use super::views::{self, DialogView, EndpointView, Layout, TimeView, TriggerView};
+use super::views::{self, DialogView, EndpointView, Layout, PagePath, TimeView, TriggerView};
 use crate::api::deliveries::{self as api, headers_object, DeliveryQuery};
 use crate::api::endpoints::{self as endpoints_api, TestOut};
 use crate::api::{ApiError, AppState};
@@ -220,7 +220,7 @@ pub struct EndpointPage {
 pub async fn endpoint_page(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let extras = Extras {
@@ -371,7 +371,7 @@ async fn panel(
 pub async fn resend(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
-    Path((id, delivery_id)): Path<(String, String)>,
+    PagePath((id, delivery_id)): PagePath<(String, String)>,
 ) -> Response {
     let result = async {
         let (delivery, _) = api::get(&state, &delivery_id).await?;
@@ -404,7 +404,7 @@ pub async fn recover(
     State(state): State<AppState>,
     Extension(session): Extension<ConsoleSession>,
     Extension(form): Extension<FormData>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> Response {
     let since = form.get("since").unwrap_or_default();
     match api::recover(&state, &id, since).await {

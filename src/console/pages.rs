@@ -3,14 +3,14 @@
 use askama::Template;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::session::{self, Credentials};
-use super::views::{self, Layout};
+use super::views::{self, Layout, PagePath};
 use crate::api::AppState;
 use crate::auth::AuthError;
 use crate::model::ConsoleSession;
@@ -94,7 +94,7 @@ pub async fn sign_in(
 }
 
 /// The link in alert e-mail, `<public-url>/endpoints/<id>`, opens the Event History.
-pub async fn endpoint_link(Path(id): Path<String>) -> Redirect {
+pub async fn endpoint_link(PagePath(id): PagePath<String>) -> Redirect {
     let id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
     Redirect::to(&format!("{}/{id}", super::HOME))
 }

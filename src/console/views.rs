@@ -311,6 +311,34 @@ pub fn message_page(status: StatusCode, message: &str) -> Response {
     render(status, &page)
 }
 
+/// A console page's path parameters. A path that cannot be read (an id that is not
+/// UTF-8 once percent-decoded) gets the console's own page saying so, not plain text.
+pub struct PagePath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PagePath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PagePath(value)),
+            Err(_) => {
+                let raw: String = parts.uri.path().chars().take(200).collect();
+                Err(message_page(
+                    StatusCode::BAD_REQUEST,
+                    &format!("The address {raw} names no page of the console."),
+                ))
+            }
+        }
+    }
+}
+
 /// An error from the shared API code that the page cannot show in place.
 pub fn error_page(err: ApiError) -> Response {
     let message = if err.status.is_server_error() {
