@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{ApiError, ApiJson, ApiQuery, AppState, ListOut, PageQuery};
 use crate::catalog;
 use crate::model::EventType;
-use crate::store::StoreError;
+use crate::store::{page, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,12 +19,13 @@ pub struct EventTypeIn {
 }
 
 /// The catalog sorted by name; its cursor is the last name of the page before. The
-/// catalog is small, so a page is cut from the whole of it.
+/// catalog is small, so a page is cut from the whole of it, sorted here by bytes: a
+/// database's collation may order names otherwise, and the cursor compares bytes.
 pub async fn list_event_types(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ListOut<EventType>>, ApiError> {
-    let limit = query.limit()? as usize;
+    let limit = query.limit()?;
     let after = match query.cursor.as_deref() {
         Some(cursor) if catalog::split_name(cursor).is_ok() => Some(cursor),
         Some(cursor) => return Err(super::bad_cursor(cursor)),
@@ -32,15 +33,16 @@ pub async fn list_event_types(
     };
     let mut types = state.store.list_event_types().await?;
     types.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut data: Vec<EventType> = types
+    let after_cursor = types
         .into_iter()
         .filter(|t| after.is_none_or(|after| t.name.as_str() > after))
-        .take(limit + 1)
+        .take(limit as usize + 1)
         .collect();
-    let more = data.len() > limit;
-    data.truncate(limit);
-    let next_cursor = more.then(|| data.last().map(|t| t.name.clone())).flatten();
-    Ok(Json(ListOut { data, next_cursor }))
+    let page = page(after_cursor, limit, |t: &EventType| t.name.clone());
+    Ok(Json(ListOut {
+        data: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 pub async fn create_event_type(

@@ -310,8 +310,7 @@ impl Engine {
     ) -> Result<LaneEnd, StoreError> {
         let mut turn = tokio::time::Instant::now();
         let mut size = 1;
-        let mut request = self.claim_request(endpoint_id);
-        let mut batch = self.store.claim_many(request.clone(), size).await?;
+        let (mut request, mut batch) = self.claim(endpoint_id, size).await?;
         loop {
             if batch.is_empty() {
                 return Ok(LaneEnd::Drained);
@@ -350,8 +349,7 @@ impl Engine {
                         LaneEnd::Drained
                     });
                 }
-                request = self.claim_request(endpoint_id);
-                batch = self.store.claim_many(request.clone(), size).await?;
+                (request, batch) = self.claim(endpoint_id, size).await?;
                 continue;
             }
             // The whole batch was attempted: its last records and the next claim go to
@@ -423,6 +421,18 @@ impl Engine {
         }
         run.left_over.extend(batch.map(|claimed| claimed.seq));
         Ok((run, recorder))
+    }
+
+    /// Claims up to `size` of the endpoint's due deliveries on their own, with the
+    /// request they were claimed under (its lease bounds the batch).
+    async fn claim(
+        &self,
+        endpoint_id: &str,
+        size: usize,
+    ) -> Result<(ClaimRequest, Vec<Claimed>), StoreError> {
+        let request = self.claim_request(endpoint_id);
+        let batch = self.store.claim_many(request.clone(), size).await?;
+        Ok((request, batch))
     }
 
     /// The lane's next claim. The claim reads the endpoint as it is now, so a change

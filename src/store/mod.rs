@@ -454,7 +454,7 @@ fn describe_failure(attempt: &Attempt) -> String {
 }
 
 /// Cuts a list fetched with one row too many into a page and its cursor.
-fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+pub fn page<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
     let more = items.len() as i64 > limit;
     items.truncate(limit.max(0) as usize);
     let next_cursor = if more {

@@ -346,6 +346,8 @@ fn sync_then_answer(log: &Path, unsynced: std_mpsc::Receiver<Answers>) {
     while let Ok(first) = unsynced.recv() {
         let mut waiting = vec![first];
         waiting.extend(unsynced.try_iter());
+        // Opened for each sync, a few microseconds beside the sync itself, so the file
+        // synced is always the log SQLite writes now.
         let outcome = File::open(log).and_then(|file| file.sync_data());
         for answers in waiting {
             for (reply, output) in answers {
