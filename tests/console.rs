@@ -576,8 +576,7 @@ async fn test_webhook_secret_resend_and_recover_work_from_the_endpoint_page() {
     let api_secret = server.get(&format!("/api/v1/endpoints/{id}/secret")).await;
     assert_eq!(shown, api_secret["key"].as_str().unwrap());
     browser.click("#rotate-secret").await;
-    let rotated = browser.wait_text("#secret-key", "whsec_").await;
-    assert_ne!(rotated, shown);
+    let rotated = browser.wait_changed("#secret-key", "whsec_", &shown).await;
     let api_secret = server.get(&format!("/api/v1/endpoints/{id}/secret")).await;
     assert_eq!(rotated, api_secret["key"].as_str().unwrap());
 

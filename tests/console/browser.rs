@@ -141,18 +141,34 @@ impl Browser {
 
     /// Waits until an element matching `css` shows `needle`.
     pub async fn wait_text(&self, css: &str, needle: &str) -> String {
+        self.wait_until(css, &format!("showed {needle:?}"), |text| {
+            text.contains(needle)
+        })
+        .await
+    }
+
+    /// Waits until an element matching `css` shows `needle` and no longer
+    /// shows exactly `before`: for a click that replaces a value in place.
+    pub async fn wait_changed(&self, css: &str, needle: &str, before: &str) -> String {
+        self.wait_until(css, &format!("changed from {before:?}"), |text| {
+            text.contains(needle) && text != before
+        })
+        .await
+    }
+
+    async fn wait_until(&self, css: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
         let started = Instant::now();
         loop {
             if let Ok(element) = self.client.find(Locator::Css(css)).await {
                 if let Ok(text) = element.text().await {
-                    if text.contains(needle) {
+                    if done(&text) {
                         return text;
                     }
                 }
             }
             if started.elapsed() > PATIENCE {
                 let page = self.client.source().await.unwrap_or_default();
-                panic!("{css} never showed {needle:?}; the page was:\n{page}");
+                panic!("{css} never {what}; the page was:\n{page}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
