@@ -10,10 +10,11 @@
 
 pub mod attempt;
 pub mod egress;
+mod lanes;
 mod pacing;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use crate::settings::{DeliverySettings, RetrySchedule};
 use crate::signing;
 use crate::store::{AttemptOutcome, ClaimRequest, Claimed, RecordedMany, Store, StoreError};
 use egress::EgressPolicy;
+use lanes::{AfterLane, Lanes};
 
 /// The longest wait between two looks at the store when nothing wakes the scheduler;
 /// it bounds how long a lease left by a crashed process goes unnoticed.
@@ -73,10 +75,15 @@ pub struct Engine {
     wake: Notify,
     /// Whether the next scheduler pass must ask the store which endpoints are due.
     look: AtomicBool,
+    /// How many passes have asked the store; a lane compares it with the count at its
+    /// last claim to learn whether a pass may have skipped its endpoint meanwhile.
+    looks: AtomicU64,
+    /// When something is next due, as the last pass that asked the store found.
+    next_due: Mutex<Option<Timestamp>>,
     /// Endpoints given new deliveries while they had no lane: due at once, without
     /// asking the store.
     fresh: Mutex<HashSet<String>>,
-    lanes: Mutex<HashSet<String>>,
+    lanes: Mutex<Lanes>,
     pacing: pacing::Pacing,
     next_sweep: Mutex<Option<Timestamp>>,
     /// Endpoints changed or deleted since their lane last claimed.
@@ -105,8 +112,10 @@ impl Engine {
             settings,
             wake: Notify::new(),
             look: AtomicBool::new(true),
+            looks: AtomicU64::new(0),
+            next_due: Mutex::new(None),
             fresh: Mutex::new(HashSet::new()),
-            lanes: Mutex::new(HashSet::new()),
+            lanes: Mutex::new(Lanes::default()),
             next_sweep: Mutex::new(None),
             changed: Mutex::new(HashSet::new()),
             secrets,
@@ -131,17 +140,12 @@ impl Engine {
 
     /// Tells the scheduler that new deliveries, due now, were stored for these
     /// endpoints. One without a lane gets a lane at once, with no look at the store.
-    /// One whose lane is running needs nothing: a lane claims again before it ends and
-    /// wakes the scheduler when it ends, so a delivery committed after its last claim
-    /// is found by that pass. A burst to busy endpoints thus costs the scheduler nothing.
+    /// One whose lane is running only has that noted: a lane claims again before it
+    /// ends, and one that ends with deliveries stored after its last claim has its
+    /// endpoint started again. A burst to busy endpoints thus costs the scheduler
+    /// nothing.
     pub fn deliveries_stored(&self, endpoint_ids: &[String]) {
-        let lanes = self.lanes.lock().expect("lanes lock");
-        let idle: Vec<String> = endpoint_ids
-            .iter()
-            .filter(|id| !lanes.contains(*id))
-            .cloned()
-            .collect();
-        drop(lanes);
+        let idle = self.lanes.lock().expect("lanes lock").stored(endpoint_ids);
         if !idle.is_empty() {
             self.fresh.lock().expect("fresh lock").extend(idle);
             self.wake.notify_one();
@@ -195,12 +199,15 @@ impl Engine {
             .saturating_sub(running);
         let fresh = std::mem::take(&mut *self.fresh.lock().expect("fresh lock"));
         let look = self.look.swap(false, AtomicOrdering::SeqCst);
+        if look {
+            self.looks.fetch_add(1, AtomicOrdering::SeqCst);
+        }
         if room > 0 {
             let mut busy: Vec<String> = self
                 .lanes
                 .lock()
                 .expect("lanes lock")
-                .iter()
+                .endpoint_ids()
                 .cloned()
                 .collect();
             busy.extend(paused);
@@ -220,10 +227,16 @@ impl Engine {
             }
         }
 
-        let next = [self.store.next_wake(now).await?, resume]
-            .into_iter()
-            .flatten()
-            .min();
+        // What becomes due later changes only through what also sets `look`: a retry
+        // scheduled, an endpoint enabled, a lease left behind (found by the poll).
+        let next_due = if look {
+            let next_due = self.store.next_wake(now).await?;
+            *self.next_due.lock().expect("next due lock") = next_due;
+            next_due
+        } else {
+            *self.next_due.lock().expect("next due lock")
+        };
+        let next = [next_due, resume].into_iter().flatten().min();
         let clock = self.clock.clone();
         let until_due = async move {
             match next {
@@ -268,11 +281,12 @@ impl Engine {
     }
 
     fn start_lane(self: &Arc<Self>, endpoint_id: String, cancel: CancellationToken) {
+        let looks = self.looks.load(AtomicOrdering::SeqCst);
         if !self
             .lanes
             .lock()
             .expect("lanes lock")
-            .insert(endpoint_id.clone())
+            .start(&endpoint_id, looks)
         {
             return;
         }
@@ -280,25 +294,41 @@ impl Engine {
         let span = tracing::info_span!("lane", endpoint_id = %endpoint_id);
         self.tracker.spawn(
             async move {
-                match engine.run_lane(&endpoint_id, &cancel).await {
-                    Ok(LaneEnd::Drained) => {}
-                    Ok(LaneEnd::TurnOver) => tokio::time::sleep(HANDOVER_PAUSE).await,
+                let left_work = match engine.run_lane(&endpoint_id, &cancel).await {
+                    Ok(LaneEnd::Drained { all_succeeded }) => !all_succeeded,
+                    Ok(LaneEnd::Stopped) => true,
+                    Ok(LaneEnd::TurnOver) => {
+                        tokio::time::sleep(HANDOVER_PAUSE).await;
+                        true
+                    }
                     Err(err) => {
                         warn!(cause = %err, "lane stopped: store unavailable");
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        true
                     }
-                }
-                engine
-                    .lanes
-                    .lock()
-                    .expect("lanes lock")
-                    .remove(&endpoint_id);
-                // The scheduler may have skipped this endpoint while the lane was
-                // finishing; wake it so nothing waits for the next poll.
-                engine.wake();
+                };
+                engine.lane_ended(&endpoint_id, left_work);
             }
             .instrument(span),
         );
+    }
+
+    /// Takes an ended lane off the record and tells the scheduler what it must know.
+    /// A lane that drained its endpoint, every attempt a success, usually costs the
+    /// scheduler nothing; see [`Lanes::end`] for when it asks for a look at the store.
+    fn lane_ended(&self, endpoint_id: &str, left_work: bool) {
+        let looks = self.looks.load(AtomicOrdering::SeqCst);
+        let after = self.lanes.lock().expect("lanes lock").end(
+            endpoint_id,
+            left_work,
+            looks,
+            self.settings.max_concurrent_endpoints,
+        );
+        match after {
+            AfterLane::Look => self.wake(),
+            AfterLane::Restart => self.deliveries_stored(&[endpoint_id.to_string()]),
+            AfterLane::Nothing => {}
+        }
     }
 
     /// Attempts the endpoint's due deliveries one at a time until none is due, or its
@@ -310,10 +340,11 @@ impl Engine {
     ) -> Result<LaneEnd, StoreError> {
         let mut turn = tokio::time::Instant::now();
         let mut size = 1;
+        let mut all_succeeded = true;
         let (mut request, mut batch) = self.claim(endpoint_id, size).await?;
         loop {
             if batch.is_empty() {
-                return Ok(LaneEnd::Drained);
+                return Ok(LaneEnd::Drained { all_succeeded });
             }
             debug!(
                 first = batch[0].seq,
@@ -327,6 +358,7 @@ impl Engine {
                 .attempt_batch(batch, request.lease_until, cancel)
                 .await?;
             size = next_claim_size(size, claimed, bytes, run.all_succeeded);
+            all_succeeded &= run.all_succeeded;
             let mut go_on = run.go_on && !cancel.is_cancelled();
             let mut turn_over = false;
             if go_on && turn.elapsed() >= LANE_TURN {
@@ -346,7 +378,7 @@ impl Engine {
                     return Ok(if turn_over {
                         LaneEnd::TurnOver
                     } else {
-                        LaneEnd::Drained
+                        LaneEnd::Stopped
                     });
                 }
                 (request, batch) = self.claim(endpoint_id, size).await?;
@@ -435,13 +467,19 @@ impl Engine {
         Ok((request, batch))
     }
 
-    /// The lane's next claim. The claim reads the endpoint as it is now, so a change
-    /// made before this point needs no further notice.
+    /// The lane's next claim. The claim reads the endpoint and its deliveries as they
+    /// are now, so a change made or a delivery stored before this point needs no
+    /// further notice.
     fn claim_request(&self, endpoint_id: &str) -> ClaimRequest {
         self.changed
             .lock()
             .expect("changed lock")
             .remove(endpoint_id);
+        let looks = self.looks.load(AtomicOrdering::SeqCst);
+        self.lanes
+            .lock()
+            .expect("lanes lock")
+            .claiming(endpoint_id, looks);
         let now = self.clock.now();
         ClaimRequest {
             endpoint_id: endpoint_id.to_string(),
@@ -647,8 +685,12 @@ impl Engine {
 
 /// Why a lane stopped.
 enum LaneEnd {
-    /// Nothing of its endpoint is due (or the engine is shutting down).
-    Drained,
+    /// Its last claim found nothing due; whether every attempt it made succeeded, so
+    /// that it scheduled no retry.
+    Drained { all_succeeded: bool },
+    /// It stopped with work perhaps left: the endpoint went down, was disabled or
+    /// changed, a lease ran short, or the engine is shutting down.
+    Stopped,
     /// It handed the endpoint over after [`LANE_TURN`].
     TurnOver,
 }
