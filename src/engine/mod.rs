@@ -688,8 +688,8 @@ enum LaneEnd {
     /// Its last claim found nothing due; whether every attempt it made succeeded, so
     /// that it scheduled no retry.
     Drained { all_succeeded: bool },
-    /// It stopped with work perhaps left: the endpoint went down, was disabled or
-    /// changed, a lease ran short, or the engine is shutting down.
+    /// It stopped with work perhaps left: the endpoint went down or answered 410, a
+    /// lease ran short, or the engine is shutting down.
     Stopped,
     /// It handed the endpoint over after [`LANE_TURN`].
     TurnOver,
