@@ -7,12 +7,14 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub(super) struct Lanes {
     running: HashMap<String, Lane>,
+    /// How many scheduler passes have asked the store which endpoints are due.
+    looks: u64,
 }
 
 struct Lane {
     /// Whether deliveries were stored for the endpoint after the lane's last claim.
     stored_since_claim: bool,
-    /// The scheduler's count of looks at the store when the lane last claimed.
+    /// [`Lanes::looks`] when the lane last claimed.
     looks_at_claim: u64,
 }
 
@@ -28,14 +30,20 @@ pub(super) enum AfterLane {
 }
 
 impl Lanes {
+    /// Notes that a scheduler pass asks the store which endpoints are due; it skips
+    /// the endpoints whose lanes are running.
+    pub(super) fn looking(&mut self) {
+        self.looks += 1;
+    }
+
     /// Records a lane for the endpoint; false when one is running already.
-    pub(super) fn start(&mut self, endpoint_id: &str, looks: u64) -> bool {
+    pub(super) fn start(&mut self, endpoint_id: &str) -> bool {
         if self.running.contains_key(endpoint_id) {
             return false;
         }
         let lane = Lane {
             stored_since_claim: false,
-            looks_at_claim: looks,
+            looks_at_claim: self.looks,
         };
         self.running.insert(endpoint_id.to_string(), lane);
         true
@@ -55,30 +63,24 @@ impl Lanes {
 
     /// Notes that the endpoint's lane claims now: the claim sees everything stored and
     /// everything due so far.
-    pub(super) fn claiming(&mut self, endpoint_id: &str, looks: u64) {
+    pub(super) fn claiming(&mut self, endpoint_id: &str) {
         if let Some(lane) = self.running.get_mut(endpoint_id) {
             lane.stored_since_claim = false;
-            lane.looks_at_claim = looks;
+            lane.looks_at_claim = self.looks;
         }
     }
 
     /// Takes the endpoint's lane off the record. `left_work` says whether the lane
-    /// ended with work perhaps left or retries scheduled; `looks` is the scheduler's
-    /// count of looks now, and `most` how many lanes may run at once.
-    pub(super) fn end(
-        &mut self,
-        endpoint_id: &str,
-        left_work: bool,
-        looks: u64,
-        most: usize,
-    ) -> AfterLane {
+    /// ended with work perhaps left or retries scheduled, and `most` how many lanes
+    /// may run at once.
+    pub(super) fn end(&mut self, endpoint_id: &str, left_work: bool, most: usize) -> AfterLane {
         // A full set of lanes may have kept due endpoints waiting for a place.
         let full = self.running.len() >= most;
         let Some(lane) = self.running.remove(endpoint_id) else {
             return AfterLane::Look;
         };
         // A look since the last claim skipped the endpoint, which was busy then.
-        let skipped = lane.looks_at_claim != looks;
+        let skipped = lane.looks_at_claim != self.looks;
         if left_work || full || skipped {
             AfterLane::Look
         } else if lane.stored_since_claim {
@@ -108,43 +110,50 @@ mod tests {
     #[test]
     fn a_lane_that_drained_quietly_needs_nothing() {
         let mut lanes = Lanes::default();
-        assert!(lanes.start("ep_a", 3));
-        assert!(!lanes.start("ep_a", 3), "one lane per endpoint");
-        lanes.claiming("ep_a", 3);
-        assert_eq!(lanes.end("ep_a", false, 3, 10), AfterLane::Nothing);
+        assert!(lanes.start("ep_a"));
+        assert!(!lanes.start("ep_a"), "one lane per endpoint");
+        lanes.claiming("ep_a");
+        assert_eq!(lanes.end("ep_a", false, 10), AfterLane::Nothing);
         assert_eq!(lanes.len(), 0);
     }
 
     #[test]
     fn deliveries_stored_after_the_last_claim_restart_the_endpoint() {
         let mut lanes = Lanes::default();
-        lanes.start("ep_a", 0);
+        lanes.start("ep_a");
         // Stored before the claim: the claim sees them.
         assert_eq!(lanes.stored(&ids(&["ep_a", "ep_b"])), ids(&["ep_b"]));
-        lanes.claiming("ep_a", 0);
-        assert_eq!(lanes.end("ep_a", false, 0, 10), AfterLane::Nothing);
+        lanes.claiming("ep_a");
+        assert_eq!(lanes.end("ep_a", false, 10), AfterLane::Nothing);
 
-        lanes.start("ep_a", 0);
-        lanes.claiming("ep_a", 0);
+        lanes.start("ep_a");
+        lanes.claiming("ep_a");
         // Stored after the last claim: only a new lane would see them.
         assert!(lanes.stored(&ids(&["ep_a"])).is_empty());
-        assert_eq!(lanes.end("ep_a", false, 0, 10), AfterLane::Restart);
+        assert_eq!(lanes.end("ep_a", false, 10), AfterLane::Restart);
     }
 
     #[test]
     fn a_lane_asks_for_a_look_when_it_left_work_freed_a_place_or_was_skipped() {
         let mut lanes = Lanes::default();
-        lanes.start("ep_a", 0);
-        assert_eq!(lanes.end("ep_a", true, 0, 10), AfterLane::Look);
+        lanes.start("ep_a");
+        assert_eq!(lanes.end("ep_a", true, 10), AfterLane::Look);
 
-        lanes.start("ep_a", 0);
-        lanes.start("ep_b", 0);
-        assert_eq!(lanes.end("ep_a", false, 0, 2), AfterLane::Look, "was full");
-        assert_eq!(lanes.end("ep_b", false, 0, 2), AfterLane::Nothing);
+        lanes.start("ep_a");
+        lanes.start("ep_b");
+        assert_eq!(lanes.end("ep_a", false, 2), AfterLane::Look, "was full");
+        assert_eq!(lanes.end("ep_b", false, 2), AfterLane::Nothing);
 
-        lanes.start("ep_a", 0);
-        lanes.claiming("ep_a", 1);
+        // A look before the lane's last claim: the claim saw what it would have.
+        lanes.start("ep_a");
+        lanes.looking();
+        lanes.claiming("ep_a");
+        assert_eq!(lanes.end("ep_a", false, 10), AfterLane::Nothing);
+
+        lanes.start("ep_a");
+        lanes.claiming("ep_a");
         // A look began after the claim, while the endpoint was busy.
-        assert_eq!(lanes.end("ep_a", false, 2, 10), AfterLane::Look);
+        lanes.looking();
+        assert_eq!(lanes.end("ep_a", false, 10), AfterLane::Look);
     }
 }

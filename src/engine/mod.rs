@@ -14,7 +14,7 @@ mod lanes;
 mod pacing;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,9 +75,6 @@ pub struct Engine {
     wake: Notify,
     /// Whether the next scheduler pass must ask the store which endpoints are due.
     look: AtomicBool,
-    /// How many passes have asked the store; a lane compares it with the count at its
-    /// last claim to learn whether a pass may have skipped its endpoint meanwhile.
-    looks: AtomicU64,
     /// When something is next due, as the last pass that asked the store found.
     next_due: Mutex<Option<Timestamp>>,
     /// Endpoints given new deliveries while they had no lane: due at once, without
@@ -112,7 +109,6 @@ impl Engine {
             settings,
             wake: Notify::new(),
             look: AtomicBool::new(true),
-            looks: AtomicU64::new(0),
             next_due: Mutex::new(None),
             fresh: Mutex::new(HashSet::new()),
             lanes: Mutex::new(Lanes::default()),
@@ -200,7 +196,7 @@ impl Engine {
         let fresh = std::mem::take(&mut *self.fresh.lock().expect("fresh lock"));
         let look = self.look.swap(false, AtomicOrdering::SeqCst);
         if look {
-            self.looks.fetch_add(1, AtomicOrdering::SeqCst);
+            self.lanes.lock().expect("lanes lock").looking();
         }
         if room > 0 {
             let mut busy: Vec<String> = self
@@ -281,13 +277,7 @@ impl Engine {
     }
 
     fn start_lane(self: &Arc<Self>, endpoint_id: String, cancel: CancellationToken) {
-        let looks = self.looks.load(AtomicOrdering::SeqCst);
-        if !self
-            .lanes
-            .lock()
-            .expect("lanes lock")
-            .start(&endpoint_id, looks)
-        {
+        if !self.lanes.lock().expect("lanes lock").start(&endpoint_id) {
             return;
         }
         let engine = self.clone();
@@ -317,11 +307,9 @@ impl Engine {
     /// A lane that drained its endpoint, every attempt a success, usually costs the
     /// scheduler nothing; see [`Lanes::end`] for when it asks for a look at the store.
     fn lane_ended(&self, endpoint_id: &str, left_work: bool) {
-        let looks = self.looks.load(AtomicOrdering::SeqCst);
         let after = self.lanes.lock().expect("lanes lock").end(
             endpoint_id,
             left_work,
-            looks,
             self.settings.max_concurrent_endpoints,
         );
         match after {
@@ -475,11 +463,7 @@ impl Engine {
             .lock()
             .expect("changed lock")
             .remove(endpoint_id);
-        let looks = self.looks.load(AtomicOrdering::SeqCst);
-        self.lanes
-            .lock()
-            .expect("lanes lock")
-            .claiming(endpoint_id, looks);
+        self.lanes.lock().expect("lanes lock").claiming(endpoint_id);
         let now = self.clock.now();
         ClaimRequest {
             endpoint_id: endpoint_id.to_string(),
